@@ -1,0 +1,97 @@
+//! The errors of [`KilnClient`](crate::KilnClient).
+
+/// Why a call to a Kiln node failed. Every variant carries what a person needs to act on it: the address,
+/// the operation and the server's own message.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server address could not be turned into an `http://host:port` URI.
+    #[error("invalid server address {address:?}: {reason}")]
+    InvalidServerAddress {
+        /// The address as given.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Connecting eagerly (see [`KilnClient::connect`](crate::KilnClient::connect)) failed.
+    #[error("cannot connect to {address}")]
+    Connect {
+        /// The normalised address.
+        address: String,
+        /// The transport's error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+
+    /// The server answered with a gRPC error, or the call could not reach it, after every allowed attempt.
+    #[error("{operation}: {}", describe_status(status, *attempts))]
+    Rpc {
+        /// What was being done, e.g. `write` or `merge query`.
+        operation: &'static str,
+        /// How many attempts were made (more than one only for retryable codes).
+        attempts: u32,
+        /// The last status received.
+        status: tonic::Status,
+    },
+
+    /// The request was rejected before sending because it cannot be valid.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+impl ClientError {
+    /// The gRPC code of an [`ClientError::Rpc`] error; `None` for errors that happened before any call.
+    pub fn grpc_code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Rpc { status, .. } => Some(status.code()),
+            _ => None,
+        }
+    }
+}
+
+fn describe_status(status: &tonic::Status, attempts: u32) -> String {
+    let message = if status.message().is_empty() {
+        status.code().description()
+    } else {
+        status.message()
+    };
+    let mut description = format!("{message} (gRPC status {:?})", status.code());
+    if attempts > 1 {
+        description.push_str(&format!(", gave up after {attempts} attempts"));
+    }
+    description
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_error_names_operation_message_and_code() {
+        let error = ClientError::Rpc {
+            operation: "merge query",
+            attempts: 1,
+            status: tonic::Status::invalid_argument("bad selector at position 4"),
+        };
+        assert_eq!(
+            error.to_string(),
+            "merge query: bad selector at position 4 (gRPC status InvalidArgument)"
+        );
+        assert_eq!(error.grpc_code(), Some(tonic::Code::InvalidArgument));
+    }
+
+    #[test]
+    fn retried_rpc_error_says_how_often_and_falls_back_to_code_description() {
+        let error = ClientError::Rpc {
+            operation: "write",
+            attempts: 5,
+            status: tonic::Status::unavailable(""),
+        };
+        let text = error.to_string();
+        assert!(text.starts_with("write: "), "{text}");
+        assert!(
+            text.contains("(gRPC status Unavailable), gave up after 5 attempts"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,117 @@
+//! Prometheus metrics of the node, exposed at `/metrics` in the text format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label set of per-query-kind metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabels {
+    /// merge, range, diff, labels, values, series, types.
+    pub kind: String,
+}
+
+/// Label set of request error metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// write or a query kind.
+    pub operation: String,
+    /// gRPC code name.
+    pub code: String,
+}
+
+/// Every metric the node exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Profiles (pprof payloads) stored.
+    pub ingested_profiles: Counter,
+    /// Stack samples stored (over all sample types).
+    pub ingested_samples: Counter,
+    /// Write requests that were duplicates of an earlier idempotency key.
+    pub duplicate_writes: Counter,
+    /// Write requests rejected because the writer queue was full.
+    pub rejected_overload: Counter,
+    /// Seconds per synced group commit.
+    pub commit_seconds: Histogram,
+    /// Write requests per group commit.
+    pub commit_batch_size: Histogram,
+    /// Seconds per query, by kind.
+    pub query_seconds: Family<QueryLabels, Histogram>,
+    /// Failed requests, by operation and code.
+    pub request_errors: Family<ErrorLabels, Counter>,
+    /// Series created.
+    pub series_created: Counter,
+    /// Series removed by retention.
+    pub series_expired: Counter,
+    /// Bytes of live SST files.
+    pub disk_bytes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kiln");
+        let ingested_profiles = Counter::default();
+        registry.register("ingested_profiles", "pprof payloads stored", ingested_profiles.clone());
+        let ingested_samples = Counter::default();
+        registry.register("ingested_samples", "stack samples stored, over all sample types", ingested_samples.clone());
+        let duplicate_writes = Counter::default();
+        registry.register("duplicate_writes", "writes whose idempotency key was already stored", duplicate_writes.clone());
+        let rejected_overload = Counter::default();
+        registry.register("rejected_overload", "writes rejected because the writer queue was full", rejected_overload.clone());
+        let commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register("commit_seconds", "seconds per synced group commit", commit_seconds.clone());
+        let commit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        registry.register("commit_batch_size", "write requests per group commit", commit_batch_size.clone());
+        let query_seconds = Family::<QueryLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        registry.register("query_seconds", "seconds per query", query_seconds.clone());
+        let request_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("request_errors", "failed requests", request_errors.clone());
+        let series_created = Counter::default();
+        registry.register("series_created", "series created", series_created.clone());
+        let series_expired = Counter::default();
+        registry.register("series_expired", "series removed by retention", series_expired.clone());
+        let disk_bytes = Gauge::default();
+        registry.register("disk_bytes", "bytes of live SST files", disk_bytes.clone());
+        Metrics {
+            registry,
+            ingested_profiles,
+            ingested_samples,
+            duplicate_writes,
+            rejected_overload,
+            commit_seconds,
+            commit_batch_size,
+            query_seconds,
+            request_errors,
+            series_created,
+            series_expired,
+            disk_bytes,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Counts a failed request.
+    pub fn count_error(&self, operation: &str, code: tonic::Code) {
+        self.request_errors
+            .get_or_create(&ErrorLabels { operation: operation.to_string(), code: format!("{code:?}") })
+            .inc();
+    }
+}

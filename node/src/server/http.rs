@@ -1,0 +1,296 @@
+//! The HTTP JSON API (documented in `docs/http-api.md`), `/metrics` and `/healthz`.
+//! Handlers call the same engine methods as gRPC and answer with the JSON shapes of
+//! `kiln_model::json`, so the API, the CLI's `--output json` and gRPC agree.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kiln_model::json;
+use kiln_model::time::{now_unix_ms, parse_duration_ms, parse_time};
+use kiln_proto::kiln::v1 as api;
+use serde::Deserialize;
+
+use super::grpc::blocking;
+use crate::error::NodeError;
+use crate::NodeState;
+
+impl IntoResponse for NodeError {
+    fn into_response(self) -> Response {
+        let status = self.http_status();
+        let body = serde_json::json!({ "error": self.to_string(), "code": format!("{:?}", self.grpc_code()) });
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The HTTP routes. `max_body_bytes` bounds ingest bodies (413 beyond).
+pub fn router(state: Arc<NodeState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/ingest", post(ingest))
+        .route("/api/v1/query/merge", get(merge))
+        .route("/api/v1/query/range", get(range))
+        .route("/api/v1/query/diff", get(diff))
+        .route("/api/v1/labels", get(labels))
+        .route("/api/v1/labels/{name}/values", get(label_values))
+        .route("/api/v1/series", get(series))
+        .route("/api/v1/profile-types", get(profile_types))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
+    state.metrics.disk_bytes.set(state.storage.disk_bytes() as i64);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
+}
+
+fn time_parameter(value: Option<&String>, default: &str, name: &str, now: i64) -> Result<i64, NodeError> {
+    let text = value.map(String::as_str).unwrap_or(default);
+    parse_time(text, now).map_err(|error| NodeError::InvalidArgument(format!("{name}: {error}")))
+}
+
+/// `selector`, `from` (default `-1h`), `to` (default `now`) of a query string.
+fn selection(parameters: &HashMap<String, String>, selector_key: &str, prefix: &str) -> Result<api::Selection, NodeError> {
+    let now = now_unix_ms();
+    let from_key = format!("{prefix}from");
+    let to_key = format!("{prefix}to");
+    let from_value = parameters.get(&from_key).or_else(|| parameters.get("from"));
+    let to_value = parameters.get(&to_key).or_else(|| parameters.get("to"));
+    let start_unix_ms = time_parameter(from_value, "-1h", &from_key, now)?;
+    let end_unix_ms = time_parameter(to_value, "now", &to_key, now)?;
+    if start_unix_ms > end_unix_ms {
+        return Err(NodeError::InvalidArgument(format!(
+            "invalid time range: {from_key} ({start_unix_ms}) is after {to_key} ({end_unix_ms})"
+        )));
+    }
+    Ok(api::Selection {
+        selector: parameters.get(selector_key).cloned().unwrap_or_default(),
+        start_unix_ms,
+        end_unix_ms,
+    })
+}
+
+fn number<T: std::str::FromStr>(parameters: &HashMap<String, String>, key: &str) -> Result<Option<T>, NodeError> {
+    parameters
+        .get(key)
+        .map(|text| text.parse::<T>().map_err(|_| NodeError::InvalidArgument(format!("{key}: not a number: {text:?}"))))
+        .transpose()
+}
+
+fn options(parameters: &HashMap<String, String>) -> Option<api::QueryOptions> {
+    Some(api::QueryOptions { allow_partial: parameters.get("partial").is_some_and(|value| value == "true" || value == "1") })
+}
+
+#[derive(Debug, Deserialize)]
+struct IngestParameters {
+    /// Repeated `label=name=value` pairs are passed as one comma-free list per key.
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    time: Option<String>,
+}
+
+/// `POST /api/v1/ingest?label.NAME=VALUE&name=&idempotency_key=&time=` with a pprof
+/// body (gzipped or not).
+async fn ingest(
+    State(state): State<Arc<NodeState>>,
+    Query(parameters): Query<IngestParameters>,
+    Query(all): Query<Vec<(String, String)>>,
+    body: Bytes,
+) -> Result<Json<json::WriteResult>, NodeError> {
+    let labels: Vec<api::Label> = all
+        .iter()
+        .filter_map(|(key, value)| {
+            key.strip_prefix("label.").map(|name| api::Label { name: name.to_string(), value: value.clone() })
+        })
+        .collect();
+    let default_time_unix_nanos = match &parameters.time {
+        None => 0,
+        Some(text) => parse_time(text, now_unix_ms())
+            .map_err(|error| NodeError::InvalidArgument(format!("time: {error}")))?
+            .saturating_mul(1_000_000),
+    };
+    let idempotency_key = parameters.idempotency_key.unwrap_or_else(|| {
+        // Without a key the body's hash identifies the batch, so a blind retry of
+        // the same bytes and labels is still stored once.
+        let mut hasher_input = body.to_vec();
+        for label in &labels {
+            hasher_input.extend_from_slice(label.name.as_bytes());
+            hasher_input.push(0);
+            hasher_input.extend_from_slice(label.value.as_bytes());
+            hasher_input.push(0);
+        }
+        format!("http-{:032x}", xxhash_rust::xxh3::xxh3_128(&hasher_input))
+    });
+    let request = api::WriteRequest {
+        idempotency_key,
+        series: vec![api::SeriesWrite {
+            labels,
+            profiles: vec![api::RawProfile {
+                pprof: body.to_vec(),
+                name: parameters.name.unwrap_or_default(),
+                default_time_unix_nanos,
+                delta: None,
+            }],
+        }],
+    };
+    let response = super::grpc::write(&state, request).await?;
+    Ok(Json(json::WriteResult::from(&response)))
+}
+
+async fn merge(
+    State(state): State<Arc<NodeState>>,
+    Query(parameters): Query<HashMap<String, String>>,
+) -> Result<Response, NodeError> {
+    let format = match parameters.get("format").map(String::as_str).unwrap_or("tree") {
+        "tree" => api::MergeFormat::Tree,
+        "top" => api::MergeFormat::Top,
+        "pprof" => api::MergeFormat::Pprof,
+        "folded" => api::MergeFormat::Folded,
+        "svg" => api::MergeFormat::Svg,
+        other => {
+            return Err(NodeError::InvalidArgument(format!(
+                "format: unknown {other:?}; use tree, top, pprof, folded or svg"
+            )))
+        }
+    };
+    let request = api::MergeRequest {
+        selection: Some(selection(&parameters, "selector", "")?),
+        format: format as i32,
+        options: options(&parameters),
+        min_node_fraction: number(&parameters, "min_fraction")?.unwrap_or(0.0),
+        top_limit: number(&parameters, "limit")?.unwrap_or(0),
+    };
+    let engine = state.engine.clone();
+    let response = blocking(move || engine.merge(&request)).await?;
+    Ok(match response.result {
+        Some(api::merge_response::Result::Pprof(bytes)) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (header::CONTENT_DISPOSITION, "attachment; filename=\"profile.pb.gz\""),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Some(api::merge_response::Result::Svg(svg)) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
+        Some(api::merge_response::Result::Folded(text)) => {
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+        }
+        _ => Json(json::MergeResult::from(&response)).into_response(),
+    })
+}
+
+async fn range(
+    State(state): State<Arc<NodeState>>,
+    Query(parameters): Query<HashMap<String, String>>,
+) -> Result<Json<json::RangeResult>, NodeError> {
+    let step_ms = match parameters.get("step") {
+        None => 0,
+        Some(text) => parse_duration_ms(text).map_err(|error| NodeError::InvalidArgument(format!("step: {error}")))?,
+    };
+    let sum_by = parameters
+        .get("sum_by")
+        .map(|text| text.split(',').map(str::trim).filter(|name| !name.is_empty()).map(String::from).collect())
+        .unwrap_or_default();
+    let request = api::RangeRequest {
+        selection: Some(selection(&parameters, "selector", "")?),
+        step_ms,
+        sum_by,
+        options: options(&parameters),
+    };
+    let engine = state.engine.clone();
+    let response = blocking(move || engine.range(&request)).await?;
+    Ok(Json(json::RangeResult::from(&response)))
+}
+
+async fn diff(
+    State(state): State<Arc<NodeState>>,
+    Query(parameters): Query<HashMap<String, String>>,
+) -> Result<Json<json::DiffResult>, NodeError> {
+    let request = api::DiffRequest {
+        a: Some(selection(&parameters, "a", "a_")?),
+        b: Some(selection(&parameters, "b", "b_")?),
+        options: options(&parameters),
+        min_node_fraction: number(&parameters, "min_fraction")?.unwrap_or(0.0),
+        top_limit: number(&parameters, "limit")?.unwrap_or(0),
+    };
+    let engine = state.engine.clone();
+    let response = blocking(move || engine.diff(&request)).await?;
+    Ok(Json(json::DiffResult::from(&response)))
+}
+
+/// Label queries take an optional selector and an optional `from`.
+fn optional_selection(parameters: &HashMap<String, String>) -> Result<Option<api::Selection>, NodeError> {
+    if !parameters.contains_key("selector") && !parameters.contains_key("from") {
+        return Ok(None);
+    }
+    let now = now_unix_ms();
+    let start_unix_ms = match parameters.get("from") {
+        None => 0,
+        Some(_) => time_parameter(parameters.get("from"), "0", "from", now)?,
+    };
+    Ok(Some(api::Selection {
+        selector: parameters.get("selector").cloned().unwrap_or_default(),
+        start_unix_ms,
+        end_unix_ms: time_parameter(parameters.get("to"), "now", "to", now)?,
+    }))
+}
+
+async fn labels(
+    State(state): State<Arc<NodeState>>,
+    Query(parameters): Query<HashMap<String, String>>,
+) -> Result<Json<json::LabelsResult>, NodeError> {
+    let request = api::LabelsRequest { selection: optional_selection(&parameters)?, options: options(&parameters) };
+    let engine = state.engine.clone();
+    let response = blocking(move || engine.labels(&request)).await?;
+    Ok(Json(json::LabelsResult::from(&response)))
+}
+
+async fn label_values(
+    State(state): State<Arc<NodeState>>,
+    Path(name): Path<String>,
+    Query(parameters): Query<HashMap<String, String>>,
+) -> Result<Json<json::LabelValuesResult>, NodeError> {
+    let request =
+        api::LabelValuesRequest { selection: optional_selection(&parameters)?, name, options: options(&parameters) };
+    let engine = state.engine.clone();
+    let response = blocking(move || engine.label_values(&request)).await?;
+    Ok(Json(json::LabelValuesResult::from(&response)))
+}
+
+async fn series(
+    State(state): State<Arc<NodeState>>,
+    Query(parameters): Query<HashMap<String, String>>,
+) -> Result<Json<json::SeriesResult>, NodeError> {
+    let request = api::SeriesRequest { selection: optional_selection(&parameters)?, options: options(&parameters) };
+    let engine = state.engine.clone();
+    let response = blocking(move || engine.series(&request)).await?;
+    Ok(Json(json::SeriesResult::from(&response)))
+}
+
+async fn profile_types(
+    State(state): State<Arc<NodeState>>,
+    Query(parameters): Query<HashMap<String, String>>,
+) -> Result<Json<json::ProfileTypesResult>, NodeError> {
+    let start_unix_ms = match parameters.get("from") {
+        None => 0,
+        Some(_) => time_parameter(parameters.get("from"), "0", "from", now_unix_ms())?,
+    };
+    let request = api::ProfileTypesRequest { start_unix_ms, end_unix_ms: 0, options: options(&parameters) };
+    let engine = state.engine.clone();
+    let response = blocking(move || engine.profile_types(&request)).await?;
+    Ok(Json(json::ProfileTypesResult::from(&response)))
+}
+
+/// Fallback for unknown paths.
+pub async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": "no such endpoint" })))
+}

@@ -1,0 +1,505 @@
+//! The single writer thread: group commit with a synced WAL.
+//!
+//! Every write of the node passes through here, which makes id assignment (series
+//! ordinals, dense stack ids, sequence numbers) a single-threaded, deterministic
+//! step. Requests that arrive while a commit is in flight are committed together in
+//! the next `WriteBatch` (one fsync for many writes). A request is answered only after
+//! its batch is durable. Retention runs as a job on the same thread, so it never
+//! races a write to the series it expires.
+//!
+//! Invariant: the in-memory caches and counters only ever describe committed data
+//! or data in the batch being committed; when a commit fails they are rebuilt from
+//! RocksDB before the next batch.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use roaring::RoaringBitmap;
+use rocksdb::{WriteBatch, WriteOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use super::blocks::encode_block;
+use super::keys::{self, GroupId, SymbolKind};
+use super::postings::{add_operand, remove_operand};
+use super::{SeriesRecord, Storage};
+use crate::error::NodeError;
+use crate::ingest::PreparedWrite;
+use crate::metrics::Metrics;
+
+/// Most write requests committed in one batch.
+const MAX_JOBS_PER_COMMIT: usize = 256;
+/// How long idempotency keys are remembered.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// What a write stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The idempotency key was already stored; nothing was written again.
+    pub duplicate: bool,
+    /// pprof payloads stored.
+    pub profiles: u64,
+    /// Stack samples stored.
+    pub samples: u64,
+    /// Distinct series written.
+    pub series: u64,
+    /// Profile type ids written.
+    pub profile_types: Vec<String>,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// Series whose last sample was older than the cutoff.
+    pub series_expired: u64,
+    /// Idempotency keys older than the window.
+    pub idempotency_keys_expired: u64,
+}
+
+enum Job {
+    Write { write: PreparedWrite, reply: oneshot::Sender<Result<WriteOutcome, NodeError>> },
+    Retention { cutoff_unix_ms: i64, reply: oneshot::Sender<Result<RetentionOutcome, NodeError>> },
+}
+
+/// Handle to the writer thread.
+pub struct Writer {
+    sender: parking_lot::Mutex<Option<mpsc::Sender<Job>>>,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    metrics: Arc<Metrics>,
+}
+
+fn unix_millis_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Writer {
+    /// Starts the writer thread for `group`; `queue_depth` bounds the requests
+    /// waiting for a commit (beyond it, writes get [`NodeError::Overloaded`]).
+    pub fn start(storage: Storage, group: GroupId, queue_depth: usize, metrics: Arc<Metrics>) -> Result<Writer, NodeError> {
+        let state = WriterState::load(storage, group, metrics.clone())?;
+        let (sender, receiver) = mpsc::channel(queue_depth.max(1));
+        let thread = std::thread::Builder::new()
+            .name(format!("kiln-writer-{group}"))
+            .spawn(move || state.run(receiver))
+            .map_err(|error| NodeError::Internal(format!("cannot start the writer thread: {error}")))?;
+        Ok(Writer {
+            sender: parking_lot::Mutex::new(Some(sender)),
+            thread: parking_lot::Mutex::new(Some(thread)),
+            metrics,
+        })
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Job>, NodeError> {
+        self.sender.lock().clone().ok_or(NodeError::ShuttingDown)
+    }
+
+    /// Stores a prepared write; returns once it is durable.
+    pub async fn write(&self, write: PreparedWrite) -> Result<WriteOutcome, NodeError> {
+        let sender = self.sender()?;
+        let (reply, answer) = oneshot::channel();
+        // Wait a little for room so short bursts queue; beyond that, push back.
+        match sender.send_timeout(Job::Write { write, reply }, Duration::from_secs(2)).await {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                self.metrics.rejected_overload.inc();
+                return Err(NodeError::Overloaded("the write queue is full; retry with backoff".into()));
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(NodeError::ShuttingDown),
+        }
+        answer.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    /// Drops data older than `cutoff_unix_ms`: whole sample partitions, series with
+    /// no newer sample, and idempotency keys older than [`IDEMPOTENCY_WINDOW`].
+    pub async fn retention(&self, cutoff_unix_ms: i64) -> Result<RetentionOutcome, NodeError> {
+        let sender = self.sender()?;
+        let (reply, answer) = oneshot::channel();
+        sender.send(Job::Retention { cutoff_unix_ms, reply }).await.map_err(|_| NodeError::ShuttingDown)?;
+        answer.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    /// Stops accepting writes, commits everything queued, and waits for the thread.
+    pub fn shutdown(&self) {
+        drop(self.sender.lock().take());
+        if let Some(thread) = self.thread.lock().take() {
+            if thread.join().is_err() {
+                tracing::error!("the writer thread panicked");
+            }
+        }
+    }
+}
+
+struct WriterState {
+    storage: Storage,
+    group: GroupId,
+    metrics: Arc<Metrics>,
+    next_ordinal: u32,
+    next_stack_id: u64,
+    next_sequence: u64,
+    series_ordinals: HashMap<u64, u32>,
+    stack_ids: HashMap<u64, u64>,
+    known_symbols: HashSet<(u8, u64)>,
+    last_seen: HashMap<u32, i64>,
+    cache_capacity: usize,
+}
+
+fn read_counter(storage: &Storage, key: &[u8]) -> Result<u64, NodeError> {
+    match storage.get(keys::CF_META, key)? {
+        None => Ok(0),
+        Some(bytes) => {
+            let array: [u8; 8] =
+                bytes.as_slice().try_into().map_err(|_| NodeError::Corrupt("counter is not 8 bytes".into()))?;
+            Ok(u64::from_be_bytes(array))
+        }
+    }
+}
+
+fn decode_u64(bytes: &[u8], what: &str) -> Result<u64, NodeError> {
+    let array: [u8; 8] = bytes.try_into().map_err(|_| NodeError::Corrupt(format!("{what} is not 8 bytes")))?;
+    Ok(u64::from_be_bytes(array))
+}
+
+impl WriterState {
+    fn load(storage: Storage, group: GroupId, metrics: Arc<Metrics>) -> Result<WriterState, NodeError> {
+        let cache_capacity = storage.options().symbol_cache_entries.max(1024);
+        let mut state = WriterState {
+            storage,
+            group,
+            metrics,
+            next_ordinal: 0,
+            next_stack_id: 0,
+            next_sequence: 0,
+            series_ordinals: HashMap::new(),
+            stack_ids: HashMap::new(),
+            known_symbols: HashSet::new(),
+            last_seen: HashMap::new(),
+            cache_capacity,
+        };
+        state.reload()?;
+        Ok(state)
+    }
+
+    fn reload(&mut self) -> Result<(), NodeError> {
+        self.next_ordinal = u32::try_from(read_counter(&self.storage, &keys::next_ordinal_key(self.group))?)
+            .map_err(|_| NodeError::Corrupt("series ordinal counter overflows u32".into()))?;
+        self.next_stack_id = read_counter(&self.storage, &keys::next_stack_id_key(self.group))?;
+        self.next_sequence = read_counter(&self.storage, &keys::next_sequence_key(self.group))?;
+        self.series_ordinals.clear();
+        self.stack_ids.clear();
+        self.known_symbols.clear();
+        self.last_seen.clear();
+        Ok(())
+    }
+
+    fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
+        while let Some(first) = receiver.blocking_recv() {
+            let mut writes = Vec::new();
+            let mut pending = Some(first);
+            while let Some(job) = pending.take() {
+                match job {
+                    Job::Write { write, reply } => writes.push((write, reply)),
+                    Job::Retention { cutoff_unix_ms, reply } => {
+                        // Commit what came before, then expire alone.
+                        self.commit_writes(std::mem::take(&mut writes));
+                        let result = self.expire(cutoff_unix_ms);
+                        if result.is_err() {
+                            self.reload_or_log();
+                        }
+                        let _ = reply.send(result);
+                    }
+                }
+                if writes.len() < MAX_JOBS_PER_COMMIT {
+                    pending = receiver.try_recv().ok();
+                }
+            }
+            self.commit_writes(writes);
+        }
+        if let Err(error) = self.storage.flush() {
+            tracing::error!(%error, "flushing at shutdown failed");
+        }
+    }
+
+    fn reload_or_log(&mut self) {
+        if let Err(error) = self.reload() {
+            tracing::error!(%error, "reloading writer state failed");
+        }
+    }
+
+    fn commit_writes(&mut self, writes: Vec<(PreparedWrite, oneshot::Sender<Result<WriteOutcome, NodeError>>)>) {
+        if writes.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut batch = WriteBatch::default();
+        let mut keys_in_batch: HashSet<String> = HashSet::new();
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let mut replies = Vec::with_capacity(writes.len());
+        let mut staging_error = None;
+        for (write, reply) in writes {
+            replies.push(reply);
+            if staging_error.is_some() {
+                continue;
+            }
+            match self.stage(&mut batch, write, &mut keys_in_batch) {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(error) => staging_error = Some(error),
+            }
+        }
+        let result = match staging_error {
+            Some(error) => Err(error),
+            None => self.stage_counters(&mut batch).and_then(|()| {
+                let mut options = WriteOptions::default();
+                options.set_sync(true);
+                self.storage.db().write_opt(batch, &options).map_err(NodeError::from)
+            }),
+        };
+        self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.commit_batch_size.observe(replies.len() as f64);
+        match result {
+            Ok(()) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    if outcome.duplicate {
+                        self.metrics.duplicate_writes.inc();
+                    } else {
+                        self.metrics.ingested_profiles.inc_by(outcome.profiles);
+                        self.metrics.ingested_samples.inc_by(outcome.samples);
+                    }
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "group commit failed; no write of the batch was stored");
+                self.reload_or_log();
+                let message = error.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(NodeError::Internal(format!("write not stored: {message}"))));
+                }
+            }
+        }
+    }
+
+    fn stage_counters(&self, batch: &mut WriteBatch) -> Result<(), NodeError> {
+        let meta = self.storage.cf(keys::CF_META)?;
+        batch.put_cf(meta, keys::next_ordinal_key(self.group), u64::from(self.next_ordinal).to_be_bytes());
+        batch.put_cf(meta, keys::next_stack_id_key(self.group), self.next_stack_id.to_be_bytes());
+        batch.put_cf(meta, keys::next_sequence_key(self.group), self.next_sequence.to_be_bytes());
+        Ok(())
+    }
+
+    fn is_stored_key(&self, idempotency_key: &str) -> Result<bool, NodeError> {
+        Ok(self.storage.get(keys::CF_META, &keys::idempotency_key(self.group, idempotency_key))?.is_some())
+    }
+
+    fn stage(
+        &mut self,
+        batch: &mut WriteBatch,
+        write: PreparedWrite,
+        keys_in_batch: &mut HashSet<String>,
+    ) -> Result<WriteOutcome, NodeError> {
+        if keys_in_batch.contains(&write.idempotency_key) || self.is_stored_key(&write.idempotency_key)? {
+            return Ok(WriteOutcome { duplicate: true, ..WriteOutcome::default() });
+        }
+        let storage = self.storage.clone();
+        let samples_cf = storage.cf(keys::CF_SAMPLES)?;
+        let symbols_cf = storage.cf(keys::CF_SYMBOLS)?;
+        let meta_cf = storage.cf(keys::CF_META)?;
+        let series_cf = storage.cf(keys::CF_SERIES)?;
+        for symbol in &write.symbols {
+            if self.known_symbols.len() >= self.cache_capacity * 4 {
+                self.known_symbols.clear();
+            }
+            // Content-addressed: writing a known symbol again would be harmless, the
+            // cache only saves the write.
+            if self.known_symbols.insert((symbol.kind as u8, symbol.id)) {
+                batch.put_cf(symbols_cf, keys::symbol_key(self.group, symbol.kind, symbol.id), &symbol.encoded);
+            }
+        }
+        let mut series_written = HashSet::new();
+        let mut profile_types = Vec::new();
+        for profile in &write.profiles {
+            let ordinal = self.ordinal_for(batch, profile)?;
+            series_written.insert(ordinal);
+            let type_id = profile.profile_type.id();
+            if !profile_types.contains(&type_id) {
+                profile_types.push(type_id);
+            }
+            let mut samples = Vec::with_capacity(profile.values.len());
+            for (stack_index, value) in &profile.values {
+                let stack = &profile.stacks[*stack_index as usize];
+                let dense = self.stack_id_for(batch, stack.hash, &stack.encoded)?;
+                samples.push((dense, *value));
+            }
+            // Distinct stack hashes get distinct dense ids, so ids are unique here,
+            // as encode_block requires.
+            let block = encode_block(profile.duration_nanos, &mut samples);
+            let sequence = self.next_sequence;
+            self.next_sequence += 1;
+            let partition = keys::partition_of(profile.time_unix_nanos);
+            batch.put_cf(
+                samples_cf,
+                keys::sample_key(self.group, partition, ordinal, profile.time_unix_nanos, sequence),
+                block,
+            );
+            let sample_millis = profile.time_unix_nanos.div_euclid(1_000_000);
+            let previous = match self.last_seen.get(&ordinal) {
+                Some(previous) => Some(*previous),
+                None => self.storage.series_last_seen(self.group, ordinal)?,
+            };
+            if previous.is_none_or(|previous| previous < sample_millis) {
+                if self.last_seen.len() >= self.cache_capacity {
+                    self.last_seen.clear();
+                }
+                self.last_seen.insert(ordinal, sample_millis);
+                batch.put_cf(series_cf, keys::series_last_seen_key(self.group, ordinal), sample_millis.to_be_bytes());
+            }
+        }
+        batch.put_cf(meta_cf, keys::idempotency_key(self.group, &write.idempotency_key), unix_millis_now().to_be_bytes());
+        keys_in_batch.insert(write.idempotency_key);
+        Ok(WriteOutcome {
+            duplicate: false,
+            profiles: write.pprof_count,
+            samples: write.sample_count,
+            series: series_written.len() as u64,
+            profile_types,
+        })
+    }
+
+    fn ordinal_for(&mut self, batch: &mut WriteBatch, profile: &crate::ingest::PreparedProfile) -> Result<u32, NodeError> {
+        if let Some(ordinal) = self.series_ordinals.get(&profile.series_hash) {
+            return Ok(*ordinal);
+        }
+        let by_hash = keys::series_by_hash_key(self.group, profile.series_hash);
+        let ordinal = match self.storage.get(keys::CF_SERIES, &by_hash)? {
+            Some(bytes) => SeriesRecord::decode(&bytes)?.ordinal,
+            None => {
+                let ordinal = self.next_ordinal;
+                self.next_ordinal = self
+                    .next_ordinal
+                    .checked_add(1)
+                    .ok_or_else(|| NodeError::Internal("series ordinals exhausted".into()))?;
+                let record = SeriesRecord {
+                    ordinal,
+                    profile_type: profile.profile_type.clone(),
+                    labels: profile.labels.clone(),
+                };
+                let storage = self.storage.clone();
+                let series_cf = storage.cf(keys::CF_SERIES)?;
+                batch.put_cf(series_cf, &by_hash, record.encode());
+                batch.put_cf(series_cf, keys::series_by_ordinal_key(self.group, ordinal), profile.series_hash.to_be_bytes());
+                let postings_cf = storage.cf(keys::CF_POSTINGS)?;
+                let operand = add_operand(&RoaringBitmap::from_iter([ordinal]));
+                batch.merge_cf(
+                    postings_cf,
+                    keys::posting_key(self.group, keys::PROFILE_TYPE_POSTING, &record.profile_type.id()),
+                    &operand,
+                );
+                for (name, value) in record.labels.pairs() {
+                    batch.merge_cf(postings_cf, keys::posting_key(self.group, name, value), &operand);
+                }
+                self.metrics.series_created.inc();
+                ordinal
+            }
+        };
+        if self.series_ordinals.len() >= self.cache_capacity {
+            self.series_ordinals.clear();
+        }
+        self.series_ordinals.insert(profile.series_hash, ordinal);
+        Ok(ordinal)
+    }
+
+    fn stack_id_for(&mut self, batch: &mut WriteBatch, hash: u64, encoded: &[u8]) -> Result<u64, NodeError> {
+        if let Some(id) = self.stack_ids.get(&hash) {
+            return Ok(*id);
+        }
+        let by_hash = keys::symbol_key(self.group, SymbolKind::StackByHash, hash);
+        let id = match self.storage.get(keys::CF_SYMBOLS, &by_hash)? {
+            Some(bytes) => decode_u64(&bytes, "stack id")?,
+            None => {
+                let id = self.next_stack_id;
+                self.next_stack_id += 1;
+                let storage = self.storage.clone();
+                let symbols_cf = storage.cf(keys::CF_SYMBOLS)?;
+                batch.put_cf(symbols_cf, &by_hash, id.to_be_bytes());
+                batch.put_cf(symbols_cf, keys::symbol_key(self.group, SymbolKind::Stack, id), encoded);
+                id
+            }
+        };
+        if self.stack_ids.len() >= self.cache_capacity * 2 {
+            self.stack_ids.clear();
+        }
+        self.stack_ids.insert(hash, id);
+        Ok(id)
+    }
+
+    fn expire(&mut self, cutoff_unix_ms: i64) -> Result<RetentionOutcome, NodeError> {
+        let mut outcome = RetentionOutcome::default();
+        let mut batch = WriteBatch::default();
+        let storage = self.storage.clone();
+        // Whole partitions that end at or before the cutoff.
+        let first_kept_partition = keys::partition_of(cutoff_unix_ms.saturating_mul(1_000_000));
+        let samples_cf = storage.cf(keys::CF_SAMPLES)?;
+        let range_start = keys::sample_partition_prefix(self.group, i64::MIN);
+        let range_end = keys::sample_partition_prefix(self.group, first_kept_partition);
+        batch.delete_range_cf(samples_cf, &range_start, &range_end);
+
+        // Series with no sample at or after the cutoff.
+        let mut expired: Vec<u32> = Vec::new();
+        self.storage.scan_prefix(keys::CF_SERIES, &keys::series_last_seen_prefix(self.group), |key, value| {
+            let ordinal = keys::decode_series_last_seen_key(key)
+                .ok_or_else(|| NodeError::Corrupt("last-seen key too short".into()))?;
+            let last_seen = decode_u64(value, "last-seen time")? as i64;
+            if last_seen < first_kept_partition {
+                expired.push(ordinal);
+            }
+            Ok(true)
+        })?;
+        let series_cf = storage.cf(keys::CF_SERIES)?;
+        let postings_cf = storage.cf(keys::CF_POSTINGS)?;
+        for ordinal in expired {
+            let Some(record) = self.storage.series_by_ordinal(self.group, ordinal)? else {
+                batch.delete_cf(series_cf, keys::series_last_seen_key(self.group, ordinal));
+                continue;
+            };
+            let hash = kiln_model::labels::series_hash(&record.profile_type, &record.labels);
+            batch.delete_cf(series_cf, keys::series_by_hash_key(self.group, hash));
+            batch.delete_cf(series_cf, keys::series_by_ordinal_key(self.group, ordinal));
+            batch.delete_cf(series_cf, keys::series_last_seen_key(self.group, ordinal));
+            let operand = remove_operand(&RoaringBitmap::from_iter([ordinal]));
+            batch.merge_cf(
+                postings_cf,
+                keys::posting_key(self.group, keys::PROFILE_TYPE_POSTING, &record.profile_type.id()),
+                &operand,
+            );
+            for (name, value) in record.labels.pairs() {
+                batch.merge_cf(postings_cf, keys::posting_key(self.group, name, value), &operand);
+            }
+            self.series_ordinals.remove(&hash);
+            self.last_seen.remove(&ordinal);
+            outcome.series_expired += 1;
+        }
+
+        let key_cutoff = unix_millis_now() - IDEMPOTENCY_WINDOW.as_millis() as i64;
+        let meta_cf = storage.cf(keys::CF_META)?;
+        let mut expired_keys = Vec::new();
+        self.storage.scan_prefix(keys::CF_META, &keys::idempotency_prefix(self.group), |key, value| {
+            if (decode_u64(value, "idempotency time")? as i64) < key_cutoff {
+                expired_keys.push(key.to_vec());
+            }
+            Ok(true)
+        })?;
+        for key in &expired_keys {
+            batch.delete_cf(meta_cf, key);
+        }
+        outcome.idempotency_keys_expired = expired_keys.len() as u64;
+
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.storage.db().write_opt(batch, &options)?;
+        self.storage.db().compact_range_cf(samples_cf, Some(&range_start), Some(&range_end));
+        self.metrics.series_expired.inc_by(outcome.series_expired);
+        Ok(outcome)
+    }
+}
