@@ -579,6 +579,97 @@ mod tests {
         assert!(KilnClient::connect("127.0.0.1:9").await.is_err());
     }
 
+    fn fast_options() -> ConnectOptions {
+        ConnectOptions {
+            write_retry: fast_policy(5),
+            query_retry: fast_policy(2),
+            ..ConnectOptions::default()
+        }
+    }
+
+    fn one_profile_write(key: &str) -> proto::WriteRequest {
+        proto::WriteRequest {
+            idempotency_key: key.to_string(),
+            series: vec![proto::SeriesWrite {
+                labels: vec![proto::Label {
+                    name: "job".into(),
+                    value: "api".into(),
+                }],
+                profiles: vec![proto::RawProfile {
+                    pprof: vec![1, 2, 3],
+                    ..Default::default()
+                }],
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn write_retries_against_a_real_server_reuse_one_fresh_key() {
+        let node = crate::fake_node::FakeNode::start().await;
+        node.state().write_failures_left = 2;
+        let client = KilnClient::connect_with(&node.address.to_string(), fast_options())
+            .await
+            .unwrap();
+        let response = client.write(one_profile_write("")).await.unwrap();
+        assert!(!response.duplicate);
+        assert_eq!(response.profiles, 1);
+        let state = node.state();
+        let keys: Vec<&str> = state
+            .write_attempts
+            .iter()
+            .map(|attempt| attempt.idempotency_key.as_str())
+            .collect();
+        assert_eq!(keys.len(), 3);
+        assert_eq!(keys[0].len(), 32);
+        assert!(keys.iter().all(|key| *key == keys[0]), "{keys:?}");
+        assert_eq!(state.stored_keys.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_resent_batch_is_acknowledged_as_duplicate() {
+        let node = crate::fake_node::FakeNode::start().await;
+        let client = KilnClient::connect_with(&node.address.to_string(), fast_options())
+            .await
+            .unwrap();
+        assert!(!client.write(one_profile_write("same")).await.unwrap().duplicate);
+        assert!(client.write(one_profile_write("same")).await.unwrap().duplicate);
+        assert_eq!(node.state().stored_keys.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn query_errors_carry_the_server_message() {
+        let node = crate::fake_node::FakeNode::start().await;
+        let client = KilnClient::connect_with(&format!("http://{}", node.address), fast_options())
+            .await
+            .unwrap();
+        let request = proto::MergeRequest {
+            selection: Some(proto::Selection {
+                selector: "bad{".into(),
+                start_unix_ms: 0,
+                end_unix_ms: 1,
+            }),
+            ..Default::default()
+        };
+        let error = client.merge(request).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "merge query: invalid selector at position 4: unexpected end (gRPC status InvalidArgument)"
+        );
+        let ok = client
+            .merge(proto::MergeRequest {
+                selection: Some(proto::Selection {
+                    selector: "cpu{}".into(),
+                    start_unix_ms: 0,
+                    end_unix_ms: 1,
+                }),
+                format: proto::MergeFormat::Top as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(matches!(ok.result, Some(proto::merge_response::Result::Top(_))));
+    }
+
     #[tokio::test]
     async fn empty_write_is_rejected_before_sending() {
         let client = KilnClient::connect_lazy("127.0.0.1:9", ConnectOptions::default()).unwrap();

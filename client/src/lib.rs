@@ -15,6 +15,9 @@ pub mod input;
 pub mod render;
 pub mod time;
 
+#[cfg(test)]
+mod fake_node;
+
 pub use client::{new_idempotency_key, ConnectOptions, KilnClient, RetryPolicy};
 pub use error::ClientError;
 pub use input::{InputError, InputFormat, LoadedProfile};

@@ -120,6 +120,8 @@ struct IngestArgs {
     /// Summary format.
     #[arg(long, value_enum, default_value_t = SummaryOutput::Text)]
     output: SummaryOutput,
+    #[command(flatten)]
+    output_file: OutputFileArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -242,6 +244,8 @@ struct LabelsArgs {
     #[arg(long, value_enum, default_value_t = TableOutput::Table)]
     output: TableOutput,
     #[command(flatten)]
+    output_file: OutputFileArgs,
+    #[command(flatten)]
     partial: PartialArgs,
 }
 
@@ -257,6 +261,8 @@ struct ValuesArgs {
     #[arg(long, value_enum, default_value_t = TableOutput::Table)]
     output: TableOutput,
     #[command(flatten)]
+    output_file: OutputFileArgs,
+    #[command(flatten)]
     partial: PartialArgs,
 }
 
@@ -270,6 +276,8 @@ struct SeriesArgs {
     #[arg(long, value_enum, default_value_t = TableOutput::Table)]
     output: TableOutput,
     #[command(flatten)]
+    output_file: OutputFileArgs,
+    #[command(flatten)]
     partial: PartialArgs,
 }
 
@@ -280,6 +288,8 @@ struct TypesArgs {
     /// Output form.
     #[arg(long, value_enum, default_value_t = TableOutput::Table)]
     output: TableOutput,
+    #[command(flatten)]
+    output_file: OutputFileArgs,
     #[command(flatten)]
     partial: PartialArgs,
 }
@@ -452,10 +462,11 @@ async fn run_ingest(client: &KilnClient, args: IngestArgs) -> Result<()> {
     if summary.files == 0 {
         bail!("none of the {} file(s) could be read", files.len());
     }
-    match args.output {
-        SummaryOutput::Text => write_output(format!("{}\n", summary.describe()).as_bytes(), None),
-        SummaryOutput::Json => write_output(&json_bytes(&summary)?, None),
-    }
+    let bytes = match args.output {
+        SummaryOutput::Text => format!("{}\n", summary.describe()).into_bytes(),
+        SummaryOutput::Json => json_bytes(&summary)?,
+    };
+    write_output(&bytes, args.output_file.output_file.as_deref())
 }
 
 fn merge_result_name(result: Option<&proto::merge_response::Result>) -> &'static str {
@@ -582,7 +593,7 @@ async fn run_labels(client: &KilnClient, args: LabelsArgs) -> Result<()> {
         TableOutput::Table => render::render_list(&response.names).into_bytes(),
         TableOutput::Json => json_bytes(&json::LabelsResult::from(&response))?,
     };
-    write_output(&bytes, None)
+    write_output(&bytes, args.output_file.output_file.as_deref())
 }
 
 async fn run_values(client: &KilnClient, args: ValuesArgs) -> Result<()> {
@@ -598,7 +609,7 @@ async fn run_values(client: &KilnClient, args: ValuesArgs) -> Result<()> {
         TableOutput::Table => render::render_list(&response.values).into_bytes(),
         TableOutput::Json => json_bytes(&json::LabelValuesResult::from(&response))?,
     };
-    write_output(&bytes, None)
+    write_output(&bytes, args.output_file.output_file.as_deref())
 }
 
 async fn run_series(client: &KilnClient, args: SeriesArgs) -> Result<()> {
@@ -613,7 +624,7 @@ async fn run_series(client: &KilnClient, args: SeriesArgs) -> Result<()> {
         TableOutput::Table => render::render_series_table(&response).into_bytes(),
         TableOutput::Json => json_bytes(&json::SeriesResult::from(&response))?,
     };
-    write_output(&bytes, None)
+    write_output(&bytes, args.output_file.output_file.as_deref())
 }
 
 async fn run_types(client: &KilnClient, args: TypesArgs) -> Result<()> {
@@ -629,13 +640,313 @@ async fn run_types(client: &KilnClient, args: TypesArgs) -> Result<()> {
         TableOutput::Table => render::render_types_table(&response).into_bytes(),
         TableOutput::Json => json_bytes(&json::ProfileTypesResult::from(&response))?,
     };
-    write_output(&bytes, None)
+    write_output(&bytes, args.output_file.output_file.as_deref())
 }
+
+#[cfg(test)]
+#[path = "fake_node.rs"]
+mod fake_node;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata");
+
+    /// Runs one `kiln` command line against `node` with `-o FILE` appended and returns FILE's content.
+    async fn run_to_file(node: &fake_node::FakeNode, arguments: &[&str]) -> Result<Vec<u8>> {
+        let directory = tempfile::tempdir()?;
+        let output_path = directory.path().join("out");
+        let server = format!("http://{}", node.address);
+        let mut command_line = vec!["kiln", "--server", server.as_str()];
+        command_line.extend_from_slice(arguments);
+        let output_text = output_path.to_string_lossy().to_string();
+        command_line.extend_from_slice(&["-o", output_text.as_str()]);
+        run(Cli::try_parse_from(command_line)?).await?;
+        Ok(std::fs::read(&output_path)?)
+    }
+
+    fn json_of(bytes: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn query_outputs_reach_the_file_in_every_form() {
+        let node = fake_node::FakeNode::start().await;
+        let top = run_to_file(
+            &node,
+            &["query", "cpu{job=\"api\"}", "--from", "-15m", "--limit", "5"],
+        )
+        .await
+        .unwrap();
+        let top = String::from_utf8(top).unwrap();
+        assert!(
+            top.contains("Showing nodes accounting for 30ms, 100% of 30ms total"),
+            "{top}"
+        );
+        assert!(
+            top.contains("      20ms 66.67% 66.67%       20ms 66.67%  work"),
+            "{top}"
+        );
+        {
+            let state = node.state();
+            let request = &state.merges[0];
+            assert_eq!(request.format, proto::MergeFormat::Top as i32);
+            assert_eq!(request.top_limit, 5);
+            let selection = request.selection.as_ref().unwrap();
+            assert_eq!(selection.selector, "cpu{job=\"api\"}");
+            assert_eq!(selection.end_unix_ms - selection.start_unix_ms, 15 * 60_000);
+        }
+        let json = json_of(
+            &run_to_file(&node, &["query", "cpu{}", "--output", "json"])
+                .await
+                .unwrap(),
+        );
+        assert_eq!(json["format"], "tree");
+        assert_eq!(json["tree"]["nodes"][2]["self"], 20_000_000);
+        let folded = run_to_file(&node, &["query", "cpu{}", "--output", "folded"])
+            .await
+            .unwrap();
+        assert_eq!(folded, b"main 10000000\nmain;work 20000000\n");
+        let svg = run_to_file(&node, &["query", "cpu{}", "--output", "svg"])
+            .await
+            .unwrap();
+        assert!(svg.starts_with(b"<svg"));
+        let pprof = run_to_file(&node, &["query", "cpu{}", "--output", "pprof"])
+            .await
+            .unwrap();
+        assert_eq!(pprof, vec![0x1f, 0x8b, 1, 2, 3]);
+        let tree = String::from_utf8(
+            run_to_file(
+                &node,
+                &["query", "cpu{}", "--output", "tree", "--min-fraction", "0.01"],
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(tree.contains("      20ms 66.67%       20ms      work"), "{tree}");
+        assert_eq!(node.state().merges.last().unwrap().min_node_fraction, 0.01);
+    }
+
+    #[tokio::test]
+    async fn bad_input_fails_before_sending_or_with_the_server_message() {
+        let node = fake_node::FakeNode::start().await;
+        let error = run_to_file(&node, &["query", "cpu{}", "--from", "now", "--to", "-1h"])
+            .await
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("is after to"), "{error:#}");
+        let error = run_to_file(&node, &["query", "cpu{}", "--from", "yesterday"])
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("invalid time \"yesterday\""),
+            "{error:#}"
+        );
+        let error = run_to_file(&node, &["query", "cpu{}", "--min-fraction", "2"])
+            .await
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("--min-fraction"), "{error:#}");
+        assert!(node.state().merges.is_empty());
+        let error = run_to_file(&node, &["query", "bad{"]).await.unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "merge query: invalid selector at position 4: unexpected end (gRPC status InvalidArgument)"
+        );
+        let error = run_to_file(&node, &["ingest", "/nonexistent/profile.pb.gz"])
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("cannot read /nonexistent/profile.pb.gz"),
+            "{error:#}"
+        );
+        let error = run_to_file(&node, &["ingest", "x.pb", "--label", "novalue"])
+            .await
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("name=value"), "{error:#}");
+    }
+
+    #[tokio::test]
+    async fn ingest_sends_labelled_batches_and_retries_with_the_same_key() {
+        let node = fake_node::FakeNode::start().await;
+        node.state().write_failures_left = 1;
+        let folded = format!("{TESTDATA}/folded/python-pyspy.folded");
+        let speedscope = format!("{TESTDATA}/speedscope/python-pyspy.speedscope.json");
+        let pprof_dir = format!("{TESTDATA}/pprof/go");
+        let summary = run_to_file(
+            &node,
+            &[
+                "ingest",
+                &folded,
+                &speedscope,
+                &pprof_dir,
+                "--label",
+                "job=demo",
+                "--label",
+                "env=test",
+                "--batch",
+                "4",
+                "--time",
+                "1764096120000",
+                "--output",
+                "json",
+            ],
+        )
+        .await
+        .unwrap();
+        let summary = json_of(&summary);
+        let file_count = 2 + std::fs::read_dir(&pprof_dir)
+            .unwrap()
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .unwrap()
+                    .path()
+                    .to_string_lossy()
+                    .ends_with(".pb.gz")
+            })
+            .count() as u64;
+        assert_eq!(summary["files"], file_count);
+        assert_eq!(summary["profiles"], file_count);
+        assert_eq!(summary["batches"], file_count.div_ceil(4));
+        assert_eq!(summary["duplicateBatches"], 0);
+
+        let state = node.state();
+        assert_eq!(state.write_attempts.len() as u64, file_count.div_ceil(4) + 1);
+        assert_eq!(
+            state.write_attempts[0].idempotency_key,
+            state.write_attempts[1].idempotency_key
+        );
+        assert_eq!(state.stored_keys.len() as u64, file_count.div_ceil(4));
+        let first_series = &state.write_attempts[1].series[0];
+        let labels: Vec<(&str, &str)> = first_series
+            .labels
+            .iter()
+            .map(|label| (label.name.as_str(), label.value.as_str()))
+            .collect();
+        assert_eq!(labels, vec![("job", "demo"), ("env", "test")]);
+        assert_eq!(
+            first_series.profiles[0].default_time_unix_nanos,
+            1_764_096_120_000_000_000
+        );
+        let original_cpu = std::fs::read(format!("{pprof_dir}/allocs.pb.gz")).unwrap();
+        let sent: Vec<&Vec<u8>> = state
+            .write_attempts
+            .iter()
+            .skip(1)
+            .flat_map(|attempt| attempt.series[0].profiles.iter().map(|profile| &profile.pprof))
+            .collect();
+        assert!(
+            sent.contains(&&original_cpu),
+            "pprof files must be sent byte for byte"
+        );
+    }
+
+    #[tokio::test]
+    async fn range_diff_and_metadata_commands() {
+        let node = fake_node::FakeNode::start().await;
+        let range = json_of(
+            &run_to_file(
+                &node,
+                &[
+                    "range", "cpu{}", "--step", "1m", "--sum-by", "job", "--output", "json",
+                ],
+            )
+            .await
+            .unwrap(),
+        );
+        assert_eq!(range["stepMs"], 60_000);
+        assert_eq!(range["series"][0]["labels"]["job"], "api");
+        {
+            let state = node.state();
+            assert_eq!(state.ranges[0].step_ms, 60_000);
+            assert_eq!(state.ranges[0].sum_by, vec!["job"]);
+        }
+        let table = String::from_utf8(run_to_file(&node, &["range", "cpu{}"]).await.unwrap()).unwrap();
+        assert!(table.contains("{job=\"api\"}"), "{table}");
+
+        let diff = String::from_utf8(
+            run_to_file(
+                &node,
+                &[
+                    "diff",
+                    "cpu{v=\"1\"}",
+                    "cpu{v=\"2\"}",
+                    "--from",
+                    "-2h",
+                    "--to",
+                    "-1h",
+                ],
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            diff.contains("Total: A 15ms, B 30ms, change +15ms (+100.00%)"),
+            "{diff}"
+        );
+        {
+            let state = node.state();
+            let request = &state.diffs[0];
+            assert_eq!(request.a.as_ref().unwrap().selector, "cpu{v=\"1\"}");
+            assert_eq!(request.b.as_ref().unwrap().selector, "cpu{v=\"2\"}");
+            assert_eq!(
+                request.a.as_ref().unwrap().start_unix_ms,
+                request.b.as_ref().unwrap().start_unix_ms
+            );
+        }
+        let diff_json = json_of(
+            &run_to_file(&node, &["diff", "a{}", "b{}", "--output", "json"])
+                .await
+                .unwrap(),
+        );
+        assert_eq!(diff_json["totalA"], 15_000_000);
+        assert_eq!(diff_json["top"]["rows"][1]["baselineFlat"], 5_000_000);
+
+        let labels = run_to_file(&node, &["labels"]).await.unwrap();
+        assert_eq!(labels, b"instance\njob\n");
+        let values = json_of(
+            &run_to_file(&node, &["values", "job", "cpu{}", "--output", "json"])
+                .await
+                .unwrap(),
+        );
+        assert_eq!(values["values"], serde_json::json!(["api", "db"]));
+        let series = String::from_utf8(run_to_file(&node, &["series", "cpu{}"]).await.unwrap()).unwrap();
+        assert!(series.contains("0123456789abcdef"), "{series}");
+        let types = json_of(
+            &run_to_file(&node, &["types", "--from", "-7d", "--output", "json"])
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            types["types"][0]["id"],
+            "process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta"
+        );
+        let state = node.state();
+        let last = state.metadata_selections.last().unwrap().as_ref().unwrap();
+        assert_eq!(last.end_unix_ms - last.start_unix_ms, 7 * 86_400_000);
+    }
+
+    #[tokio::test]
+    async fn partial_flag_is_sent() {
+        let node = fake_node::FakeNode::start().await;
+        node.state().coverage = Some(proto::Coverage {
+            groups_total: 3,
+            missing: vec![proto::MissingGroup {
+                group_id: 2,
+                reason: "no quorum".into(),
+            }],
+        });
+        let json = json_of(
+            &run_to_file(&node, &["query", "cpu{}", "--partial", "--output", "json"])
+                .await
+                .unwrap(),
+        );
+        assert_eq!(json["coverage"]["missing"][0]["groupId"], 2);
+        assert!(node.state().merges[0].options.as_ref().unwrap().allow_partial);
+    }
 
     #[test]
     fn command_line_definition_is_consistent() {
