@@ -263,6 +263,7 @@ impl KilnClient {
         let client = self.ingest.clone();
         call_with_retry(
             "write",
+            &self.address,
             &self.options.write_retry,
             self.options.write_timeout,
             request,
@@ -363,6 +364,7 @@ impl KilnClient {
     {
         call_with_retry(
             operation,
+            &self.address,
             &self.options.query_retry,
             self.options.query_timeout,
             request,
@@ -376,6 +378,7 @@ impl KilnClient {
 /// Each attempt gets the same request and is cut off after `attempt_timeout` with `DEADLINE_EXCEEDED`.
 async fn call_with_retry<Req, Resp, Call, CallFuture>(
     operation: &'static str,
+    server: &str,
     policy: &RetryPolicy,
     attempt_timeout: Duration,
     request: Req,
@@ -404,6 +407,7 @@ where
         if !is_retryable(status.code()) || attempt >= max_attempts {
             return Err(ClientError::Rpc {
                 operation,
+                server: server.to_string(),
                 attempts: attempt,
                 status,
             });
@@ -497,6 +501,7 @@ mod tests {
         };
         let result = call_with_retry(
             "write",
+            "",
             &fast_policy(5),
             Duration::from_secs(5),
             request,
@@ -526,15 +531,21 @@ mod tests {
     #[tokio::test]
     async fn does_not_retry_invalid_argument() {
         let attempts = Arc::new(AtomicU32::new(0));
-        let result: Result<proto::WriteResponse, _> =
-            call_with_retry("write", &fast_policy(5), Duration::from_secs(5), (), |_request| {
+        let result: Result<proto::WriteResponse, _> = call_with_retry(
+            "write",
+            "",
+            &fast_policy(5),
+            Duration::from_secs(5),
+            (),
+            |_request| {
                 let attempts = attempts.clone();
                 async move {
                     attempts.fetch_add(1, Ordering::SeqCst);
                     Err(tonic::Status::invalid_argument("bad label name \"1x\""))
                 }
-            })
-            .await;
+            },
+        )
+        .await;
         let error = result.unwrap_err();
         assert_eq!(attempts.load(Ordering::SeqCst), 1);
         assert_eq!(error.grpc_code(), Some(tonic::Code::InvalidArgument));
@@ -546,6 +557,7 @@ mod tests {
         let attempts = Arc::new(AtomicU32::new(0));
         let result: Result<proto::WriteResponse, _> = call_with_retry(
             "write",
+            "",
             &fast_policy(3),
             Duration::from_millis(20),
             (),
@@ -576,6 +588,18 @@ mod tests {
         let client = KilnClient::connect_lazy("127.0.0.1:9", options).unwrap();
         let error = client.labels(proto::LabelsRequest::default()).await.unwrap_err();
         assert_eq!(error.grpc_code(), Some(tonic::Code::Unavailable), "{error}");
+        let text = error.to_string();
+        assert!(text.contains("refused"), "{text}");
+        assert!(
+            text.contains("is a Kiln node listening at http://127.0.0.1:9?"),
+            "{text}"
+        );
+        let text = error.to_string();
+        assert!(text.contains("refused"), "{text}");
+        assert!(
+            text.contains("is a Kiln node listening at http://127.0.0.1:9?"),
+            "{text}"
+        );
         assert!(KilnClient::connect("127.0.0.1:9").await.is_err());
     }
 

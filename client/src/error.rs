@@ -24,10 +24,12 @@ pub enum ClientError {
     },
 
     /// The server answered with a gRPC error, or the call could not reach it, after every allowed attempt.
-    #[error("{operation}: {}", describe_status(status, *attempts))]
+    #[error("{operation}: {}", describe_status(status, *attempts, server))]
     Rpc {
         /// What was being done, e.g. `write` or `merge query`.
         operation: &'static str,
+        /// The node's address.
+        server: String,
         /// How many attempts were made (more than one only for retryable codes).
         attempts: u32,
         /// The last status received.
@@ -49,15 +51,28 @@ impl ClientError {
     }
 }
 
-fn describe_status(status: &tonic::Status, attempts: u32) -> String {
-    let message = if status.message().is_empty() {
-        status.code().description()
+fn describe_status(status: &tonic::Status, attempts: u32, server: &str) -> String {
+    let mut message = if status.message().is_empty() {
+        status.code().description().to_string()
     } else {
-        status.message()
+        status.message().to_string()
     };
+    // Transport failures keep their cause (e.g. "Connection refused") in the source chain.
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message.push_str(": ");
+            message.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
     let mut description = format!("{message} (gRPC status {:?})", status.code());
+    if status.code() == tonic::Code::Unavailable && !server.is_empty() {
+        description.push_str(&format!("; is a Kiln node listening at {server}?"));
+    }
     if attempts > 1 {
-        description.push_str(&format!(", gave up after {attempts} attempts"));
+        description.push_str(&format!("; gave up after {attempts} attempts"));
     }
     description
 }
@@ -70,6 +85,7 @@ mod tests {
     fn rpc_error_names_operation_message_and_code() {
         let error = ClientError::Rpc {
             operation: "merge query",
+            server: "http://127.0.0.1:7070".into(),
             attempts: 1,
             status: tonic::Status::invalid_argument("bad selector at position 4"),
         };
@@ -84,14 +100,14 @@ mod tests {
     fn retried_rpc_error_says_how_often_and_falls_back_to_code_description() {
         let error = ClientError::Rpc {
             operation: "write",
+            server: "http://node:7070".into(),
             attempts: 5,
             status: tonic::Status::unavailable(""),
         };
         let text = error.to_string();
         assert!(text.starts_with("write: "), "{text}");
-        assert!(
-            text.contains("(gRPC status Unavailable), gave up after 5 attempts"),
-            "{text}"
-        );
+        let expected_end =
+            "(gRPC status Unavailable); is a Kiln node listening at http://node:7070?; gave up after 5 attempts";
+        assert!(text.ends_with(expected_end), "{text}");
     }
 }

@@ -73,8 +73,10 @@ pub fn format_unix_ms(unix_ms: i64) -> String {
 /// are rejected, as is anything longer than `i64::MAX` milliseconds.
 pub fn parse_duration_ms(input: &str) -> Result<i64, TimeError> {
     let text = input.trim();
-    let duration = humantime::parse_duration(text)
-        .map_err(|error| TimeError::InvalidDuration { input: input.to_string(), reason: error.to_string() })?;
+    let duration = humantime::parse_duration(text).map_err(|error| TimeError::InvalidDuration {
+        input: input.to_string(),
+        reason: error.to_string(),
+    })?;
     let milliseconds = i64::try_from(duration.as_millis()).map_err(|_| TimeError::InvalidDuration {
         input: input.to_string(),
         reason: "too long".to_string(),
@@ -91,7 +93,10 @@ pub fn parse_duration_ms(input: &str) -> Result<i64, TimeError> {
 /// Parses one time (see the module documentation) into unix milliseconds, relative to `now_unix_ms`.
 pub fn parse_time(input: &str, now_unix_ms: i64) -> Result<i64, TimeError> {
     let text = input.trim();
-    let invalid = |reason: &str| TimeError::InvalidTime { input: input.to_string(), reason: reason.to_string() };
+    let invalid = |reason: &str| TimeError::InvalidTime {
+        input: input.to_string(),
+        reason: reason.to_string(),
+    };
     if text.is_empty() {
         return Err(invalid("empty"));
     }
@@ -103,10 +108,14 @@ pub fn parse_time(input: &str, now_unix_ms: i64) -> Result<i64, TimeError> {
         let duration = humantime::parse_duration(duration_text.trim())
             .map_err(|error| invalid(&format!("bad relative duration: {error}")))?;
         let milliseconds = i64::try_from(duration.as_millis()).map_err(|_| invalid("duration too long"))?;
-        return now_unix_ms.checked_sub(milliseconds).ok_or_else(|| invalid("before the representable range"));
+        return now_unix_ms
+            .checked_sub(milliseconds)
+            .ok_or_else(|| invalid("before the representable range"));
     }
     if text.bytes().all(|byte| byte.is_ascii_digit()) {
-        return text.parse::<i64>().map_err(|_| invalid("unix milliseconds out of range"));
+        return text
+            .parse::<i64>()
+            .map_err(|_| invalid("unix milliseconds out of range"));
     }
     match chrono::DateTime::parse_from_rfc3339(text) {
         Ok(time) => Ok(time.timestamp_millis()),
@@ -125,7 +134,10 @@ pub fn parse_time_range(from: &str, to: &str, now_unix_ms: i64) -> Result<TimeRa
             to: format_unix_ms(end_unix_ms),
         });
     }
-    Ok(TimeRange { start_unix_ms, end_unix_ms })
+    Ok(TimeRange {
+        start_unix_ms,
+        end_unix_ms,
+    })
 }
 
 #[cfg(test)]
@@ -157,7 +169,15 @@ mod tests {
 
     #[test]
     fn bad_times_are_rejected_with_the_input_quoted() {
-        for bad in ["", "yesterday", "-", "-5 parsecs", "2025-13-01T00:00:00Z", "99999999999999999999", "1.5"] {
+        for bad in [
+            "",
+            "yesterday",
+            "-",
+            "-5 parsecs",
+            "2025-13-01T00:00:00Z",
+            "99999999999999999999",
+            "1.5",
+        ] {
             let error = parse_time(bad, NOW).expect_err(bad);
             assert!(error.to_string().contains(&format!("{bad:?}")), "{error}");
         }
@@ -167,15 +187,29 @@ mod tests {
     fn range_rejects_from_after_to() {
         assert_eq!(
             parse_time_range("-1h", "now", NOW),
-            Ok(TimeRange { start_unix_ms: NOW - 3_600_000, end_unix_ms: NOW })
+            Ok(TimeRange {
+                start_unix_ms: NOW - 3_600_000,
+                end_unix_ms: NOW
+            })
         );
-        assert_eq!(parse_time_range("now", "now", NOW), Ok(TimeRange { start_unix_ms: NOW, end_unix_ms: NOW }));
+        assert_eq!(
+            parse_time_range("now", "now", NOW),
+            Ok(TimeRange {
+                start_unix_ms: NOW,
+                end_unix_ms: NOW
+            })
+        );
         let error = parse_time_range("now", "-1h", NOW).unwrap_err();
         assert_eq!(
             error,
-            TimeError::FromAfterTo { from: "2025-11-25T18:42:00Z".into(), to: "2025-11-25T17:42:00Z".into() }
+            TimeError::FromAfterTo {
+                from: "2025-11-25T18:42:00Z".into(),
+                to: "2025-11-25T17:42:00Z".into()
+            }
         );
-        assert!(error.to_string().contains("from (2025-11-25T18:42:00Z) is after to (2025-11-25T17:42:00Z)"));
+        assert!(error
+            .to_string()
+            .contains("from (2025-11-25T18:42:00Z) is after to (2025-11-25T17:42:00Z)"));
     }
 
     #[test]

@@ -152,7 +152,7 @@ pub fn render_top(response: &proto::MergeResponse, time_range: Option<TimeRange>
     let formatter = ValueFormatter::for_rows(sample_unit, total, rows.iter().map(|row| (row.flat, row.cum)));
 
     let mut lines = merge_header_lines(response, time_range);
-    let flat_sum: i64 = rows.iter().map(|row| row.flat).sum();
+    let flat_sum: i64 = rows.iter().fold(0_i64, |sum, row| sum.saturating_add(row.flat));
     lines.push(format!(
         "Showing nodes accounting for {}, {} of {} total",
         formatter.format(flat_sum),
@@ -179,7 +179,7 @@ pub fn render_top(response: &proto::MergeResponse, time_range: Option<TimeRange>
     lines.push(TOP_COLUMN_HEADER.to_string());
     let mut running_flat: i64 = 0;
     for row in rows {
-        running_flat += row.flat;
+        running_flat = running_flat.saturating_add(row.flat);
         lines.push(format!(
             "{:>10} {} {} {:>10} {}  {}",
             formatter.format(row.flat),
@@ -226,28 +226,24 @@ pub fn render_diff_top(response: &proto::DiffResponse) -> String {
         .map(|top| top.rows.iter().collect())
         .unwrap_or_default();
     rows.sort_by(|left, right| {
-        (right.flat - right.baseline_flat)
+        right
+            .flat
+            .saturating_sub(right.baseline_flat)
             .unsigned_abs()
-            .cmp(&(left.flat - left.baseline_flat).unsigned_abs())
+            .cmp(&left.flat.saturating_sub(left.baseline_flat).unsigned_abs())
             .then_with(|| {
-                (right.cum - right.baseline_cum)
+                right
+                    .cum
+                    .saturating_sub(right.baseline_cum)
                     .unsigned_abs()
-                    .cmp(&(left.cum - left.baseline_cum).unsigned_abs())
+                    .cmp(&left.cum.saturating_sub(left.baseline_cum).unsigned_abs())
             })
             .then_with(|| function_name(left.frame.as_ref()).cmp(function_name(right.frame.as_ref())))
     });
     let sample_unit = sample_unit_of(response.profile_type.as_ref());
     let all_values = rows
         .iter()
-        .flat_map(|row| {
-            [
-                row.flat,
-                row.baseline_flat,
-                row.cum,
-                row.baseline_cum,
-                row.flat - row.baseline_flat,
-            ]
-        })
+        .flat_map(|row| [row.flat, row.baseline_flat, row.cum, row.baseline_cum])
         .chain([response.total_a, response.total_b]);
     let formatter = ValueFormatter::for_values(sample_unit, all_values);
 
@@ -261,10 +257,10 @@ pub fn render_diff_top(response: &proto::DiffResponse) -> String {
             "{:>10} {:>10} {:>10} {:>10} {:>10} {:>10}  {}",
             formatter.format(row.baseline_flat),
             formatter.format(row.flat),
-            formatter.format_signed(row.flat - row.baseline_flat),
+            formatter.format_signed(row.flat.saturating_sub(row.baseline_flat)),
             formatter.format(row.baseline_cum),
             formatter.format(row.cum),
-            formatter.format_signed(row.cum - row.baseline_cum),
+            formatter.format_signed(row.cum.saturating_sub(row.baseline_cum)),
             function_name(row.frame.as_ref())
         ));
     }
@@ -285,16 +281,23 @@ fn diff_header_lines(response: &proto::DiffResponse, formatter: &ValueFormatter)
         "Total: A {}, B {}, change {} ({})",
         formatter.format(response.total_a),
         formatter.format(response.total_b),
-        formatter.format_signed(response.total_b - response.total_a),
+        formatter.format_signed(response.total_b.saturating_sub(response.total_a)),
         signed_percentage_change(response.total_a, response.total_b)
     ));
     if let Some(truncation) = response.truncation.as_ref() {
-        if truncation.nodes_removed > 0 || truncation.rows_removed > 0 {
+        if truncation.nodes_removed > 0 {
             lines.push(format!(
-                "Truncated: {} tree nodes ({} in all) and {} rows left out",
+                "Folded {} small tree node{} ({} in all) into \"other\" nodes",
                 truncation.nodes_removed,
-                formatter.format(truncation.value_removed),
-                truncation.rows_removed
+                if truncation.nodes_removed == 1 { "" } else { "s" },
+                formatter.format(truncation.value_removed)
+            ));
+        }
+        if truncation.rows_removed > 0 {
+            let shown = response.top.as_ref().map_or(0, |top| top.rows.len());
+            lines.push(format!(
+                "Showing top {shown} nodes out of {}",
+                shown as u64 + truncation.rows_removed
             ));
         }
     }
@@ -425,7 +428,7 @@ pub fn render_diff_tree(response: &proto::DiffResponse) -> String {
     let all_values = tree
         .nodes
         .iter()
-        .flat_map(|node| [node.total, node.baseline_total, node.total - node.baseline_total])
+        .flat_map(|node| [node.total, node.baseline_total])
         .chain([response.total_a, response.total_b]);
     let formatter = ValueFormatter::for_values(sample_unit, all_values);
     let mut lines = diff_header_lines(response, &formatter);
@@ -439,7 +442,7 @@ pub fn render_diff_tree(response: &proto::DiffResponse) -> String {
             "{:>10} {:>10} {:>10}  {}{}",
             formatter.format(node.baseline_total),
             formatter.format(node.total),
-            formatter.format_signed(node.total - node.baseline_total),
+            formatter.format_signed(node.total.saturating_sub(node.baseline_total)),
             "  ".repeat(depth),
             tree_node_name(tree, node)
         ));
@@ -502,7 +505,7 @@ pub fn render_range_table(response: &proto::RangeResponse) -> String {
             let row = values_by_time
                 .entry(point.timestamp_ms)
                 .or_insert_with(|| vec![None; response.series.len()]);
-            row[series_index] = Some(row[series_index].unwrap_or(0) + point.value);
+            row[series_index] = Some(row[series_index].unwrap_or(0).saturating_add(point.value));
         }
     }
     for (timestamp_ms, values) in values_by_time {

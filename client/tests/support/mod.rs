@@ -280,3 +280,52 @@ pub fn assert_tops_agree(expected: &TopTable, actual: &TopTable, context: &str) 
     }
     assert!(mismatches.is_empty(), "{context}: {} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
 }
+
+/// A tiny valid pprof (gzipped): stack `main -> work -> leaf_<tag>` with `value`
+/// samples, stamped `time_nanos`.
+pub fn tiny_pprof(tag: &str, value: i64, time_nanos: i64) -> Vec<u8> {
+    use kiln_proto::pprof as wire;
+    use prost::Message;
+    use std::io::Write;
+    let strings: Vec<String> =
+        ["", "samples", "count", "cpu", "nanoseconds", "main", "work", &format!("leaf_{tag}")].iter().map(|text| text.to_string()).collect();
+    let function = |id: u64, name: i64| wire::Function { id, name, system_name: name, filename: 0, start_line: 0 };
+    let location = |id: u64, function_id: u64| wire::Location {
+        id,
+        mapping_id: 0,
+        address: 0x1000 * id,
+        line: vec![wire::Line { function_id, line: 1, column: 0 }],
+        is_folded: false,
+    };
+    let profile = wire::Profile {
+        sample_type: vec![wire::ValueType { r#type: 1, unit: 2 }],
+        period_type: Some(wire::ValueType { r#type: 3, unit: 4 }),
+        period: 10_000_000,
+        time_nanos,
+        sample: vec![wire::Sample { location_id: vec![3, 2, 1], value: vec![value], label: vec![] }],
+        location: vec![location(1, 1), location(2, 2), location(3, 3)],
+        function: vec![function(1, 5), function(2, 6), function(3, 7)],
+        string_table: strings,
+        ..Default::default()
+    };
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(&profile.encode_to_vec()).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+/// Unix time now in nanoseconds.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as i64
+}
+
+/// A gRPC write of one series with one profile.
+pub fn write_request(key: &str, labels: &[(&str, &str)], pprof: Vec<u8>) -> kiln_proto::kiln::v1::WriteRequest {
+    use kiln_proto::kiln::v1 as api;
+    api::WriteRequest {
+        idempotency_key: key.to_string(),
+        series: vec![api::SeriesWrite {
+            labels: labels.iter().map(|(name, value)| api::Label { name: name.to_string(), value: value.to_string() }).collect(),
+            profiles: vec![api::RawProfile { pprof, name: String::new(), default_time_unix_nanos: 0, delta: None }],
+        }],
+    }
+}

@@ -353,8 +353,13 @@ fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
     &items[rng.random_range(0..items.len())]
 }
 
+/// A random word of a word list.
+fn word(rng: &mut StdRng, words: &[&'static str]) -> &'static str {
+    words[rng.random_range(0..words.len())]
+}
+
 fn camel(rng: &mut StdRng) -> String {
-    format!("{}{}", pick(rng, VERBS), capitalize(pick(rng, NOUNS)))
+    format!("{}{}", pick(rng, VERBS), capitalize(word(rng, NOUNS)))
 }
 
 fn hex_id(rng: &mut StdRng, bytes: usize) -> String {
@@ -375,7 +380,7 @@ fn mangle(components: &[&str], args_code: &str) -> String {
 /// A Go function name and its file: `pkg.Func`, `pkg.(*Type).Method` or a closure.
 fn go_name(rng: &mut StdRng, package: &str, file_root: &str) -> (String, String) {
     let short = package.rsplit('/').next().unwrap_or(package);
-    let type_name = capitalize(pick(rng, NOUNS));
+    let type_name = capitalize(word(rng, NOUNS));
     let name = match rng.random_range(0..10) {
         0..=3 => format!("{package}.(*{type_name}).{}", capitalize(&camel(rng))),
         4..=5 => format!("{package}.{type_name}.{}", capitalize(&camel(rng))),
@@ -388,7 +393,7 @@ fn go_name(rng: &mut StdRng, package: &str, file_root: &str) -> (String, String)
 
 /// A C++ function: demangled name, mangled name, file.
 fn cxx_name(rng: &mut StdRng, namespace: &str, file_root: &str) -> (String, String, String) {
-    let class = format!("{}{}", capitalize(pick(rng, NOUNS)), capitalize(pick(rng, NOUNS)));
+    let class = format!("{}{}", capitalize(word(rng, NOUNS)), capitalize(word(rng, NOUNS)));
     let method = capitalize(&camel(rng));
     let (args, code) = *pick(rng, CXX_ARGS);
     let name = format!("{namespace}::{class}::{method}({args})");
@@ -508,9 +513,9 @@ fn build_universe(spec: &FleetSpec, rng: &mut StdRng) -> Universe {
             let function = new_function(rng, family, name.to_string(), system_name, filename);
             if let Some(index) = builder.add(function) {
                 match family {
-                    Family::GoRuntime => anchors.go_runtime.insert(name, index),
-                    Family::Libc => anchors.libc.insert(name, index),
-                    _ => anchors.libstdcxx.insert(name, index),
+                    Family::GoRuntime => anchors.go_runtime.insert(*name, index),
+                    Family::Libc => anchors.libc.insert(*name, index),
+                    _ => anchors.libstdcxx.insert(*name, index),
                 };
             }
         }
@@ -525,10 +530,12 @@ fn build_universe(spec: &FleetSpec, rng: &mut StdRng) -> Universe {
                 }
                 Family::GoLibrary => {
                     let (name, file) = if rng.random_bool(0.6) {
-                        go_name(rng, pick(rng, GO_STD_PACKAGES), go_root)
+                        let package = *pick(rng, GO_STD_PACKAGES);
+                        go_name(rng, package, go_root)
                     } else {
                         let module = *pick(rng, GO_MODULES);
-                        go_name(rng, module, &format!("{go_mod}/v1.{}.{}", rng.random_range(2..60), rng.random_range(0..9)))
+                        let root = format!("{go_mod}/v1.{}.{}", rng.random_range(2..60), rng.random_range(0..9));
+                        go_name(rng, module, &root)
                     };
                     new_function(rng, family, name.clone(), name, file)
                 }
@@ -541,7 +548,8 @@ fn build_universe(spec: &FleetSpec, rng: &mut StdRng) -> Universe {
                     new_function(rng, family, name, system_name, file)
                 }
                 Family::CxxLibrary => {
-                    let (name, system_name, file) = cxx_name(rng, pick(rng, CXX_NAMESPACES), "/src/third_party");
+                    let namespace = *pick(rng, CXX_NAMESPACES);
+                    let (name, system_name, file) = cxx_name(rng, namespace, "/src/third_party");
                     new_function(rng, family, name, system_name, file)
                 }
                 Family::App(_) => unreachable!("application functions are generated per service"),
@@ -752,7 +760,7 @@ fn build_service(spec: &FleetSpec, universe: &Universe, index: usize, shared_ids
         }
     }
     let root_weight: u32 = roots.iter().map(|(_, weight)| weight).sum();
-    let depth_distribution = Normal::new(26.0, 10.0).expect("valid normal parameters");
+    let depth_distribution = Normal::<f64>::new(26.0, 10.0).expect("valid normal parameters");
 
     let mut locations: Vec<LocationDef> = Vec::new();
     let mut location_index: HashMap<(u32, usize), u32> = HashMap::new();
