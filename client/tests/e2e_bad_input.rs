@@ -8,17 +8,22 @@ use kiln_proto::kiln::v1::ingest_service_client::IngestServiceClient;
 use kiln_proto::kiln::v1::query_service_client::QueryServiceClient;
 use support::{now_nanos, testdata, tiny_pprof, write_request, TestNode};
 
-fn snapshot(node: &TestNode) -> (String, String) {
-    let series = node.kiln_ok(&["series", "--from", "0", "--output", "json"]);
-    // A fixed end keeps the printed range identical between snapshots.
-    let top = node.kiln_ok(&["query", "cpu", "--from", "0", "--to", "2100-01-01T00:00:00Z", "--output", "top"]);
-    (series, top)
-}
-
-async fn expect_write_error(client: &mut IngestServiceClient<tonic::transport::Channel>, request: api::WriteRequest, code: tonic::Code, needle: &str) {
-    let status = client.write(request).await.expect_err("the write must be rejected");
+async fn expect_write_error(
+    client: &mut IngestServiceClient<tonic::transport::Channel>,
+    request: api::WriteRequest,
+    code: tonic::Code,
+    needle: &str,
+) {
+    let status = client
+        .write(request)
+        .await
+        .expect_err("the write must be rejected");
     assert_eq!(status.code(), code, "{status:?}");
-    assert!(status.message().contains(needle), "message {:?} should mention {needle:?}", status.message());
+    assert!(
+        status.message().contains(needle),
+        "message {:?} should mention {needle:?}",
+        status.message()
+    );
 }
 
 #[test]
@@ -26,39 +31,100 @@ fn every_bad_input_is_rejected_clearly_and_stored_data_stays_intact() {
     let node = TestNode::start();
     let cpu = testdata().join("pprof/go/cpu.pb.gz");
     node.kiln_ok(&["ingest", cpu.to_str().expect("utf-8"), "--label", "file=cpu"]);
-    let before = snapshot(&node);
+    let before = node.snapshot();
     let good = std::fs::read(&cpu).expect("profile");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let mut ingest = IngestServiceClient::connect(node.url()).await.expect("connect").max_encoding_message_size(usize::MAX);
+        let mut ingest = IngestServiceClient::connect(node.url())
+            .await
+            .expect("connect")
+            .max_encoding_message_size(usize::MAX);
         let code = tonic::Code::InvalidArgument;
         let truncated = good[..good.len() / 2].to_vec();
-        expect_write_error(&mut ingest, write_request("bad-gzip", &[("a", "b")], truncated), code, "gzip").await;
+        expect_write_error(
+            &mut ingest,
+            write_request("bad-gzip", &[("a", "b")], truncated),
+            code,
+            "gzip",
+        )
+        .await;
         let garbage = b"\x0a\xff\xff\xff\xff\x0fnot a profile at all".to_vec();
-        expect_write_error(&mut ingest, write_request("bad-proto", &[("a", "b")], garbage), code, "not a pprof").await;
-        let mut dangling = kiln_model::pprof::maybe_gunzip(&tiny_pprof("x", 1, now_nanos())).expect("gunzip").into_owned();
+        expect_write_error(
+            &mut ingest,
+            write_request("bad-proto", &[("a", "b")], garbage),
+            code,
+            "not a pprof",
+        )
+        .await;
+        let mut dangling = kiln_model::pprof::maybe_gunzip(&tiny_pprof("x", 1, now_nanos()))
+            .expect("gunzip")
+            .into_owned();
         // Point the sample at location 99, which does not exist.
-        let mut profile: kiln_proto::pprof::Profile = prost::Message::decode(dangling.as_slice()).expect("decode");
+        let mut profile: kiln_proto::pprof::Profile =
+            prost::Message::decode(dangling.as_slice()).expect("decode");
         profile.sample[0].location_id = vec![99];
         dangling = prost::Message::encode_to_vec(&profile);
-        expect_write_error(&mut ingest, write_request("bad-ids", &[("a", "b")], dangling), code, "location 99").await;
+        expect_write_error(
+            &mut ingest,
+            write_request("bad-ids", &[("a", "b")], dangling),
+            code,
+            "location 99",
+        )
+        .await;
         let tiny = tiny_pprof("y", 1, now_nanos());
-        expect_write_error(&mut ingest, write_request("bad-label-1", &[("", "x")], tiny.clone()), code, "invalid label name").await;
-        expect_write_error(&mut ingest, write_request("bad-label-2", &[("1abc", "x")], tiny.clone()), code, "invalid label name").await;
-        expect_write_error(&mut ingest, write_request("bad-label-3", &[("__name__", "x")], tiny.clone()), code, "reserved").await;
-        expect_write_error(&mut ingest, write_request("", &[("a", "b")], tiny.clone()), code, "idempotency_key").await;
+        expect_write_error(
+            &mut ingest,
+            write_request("bad-label-1", &[("", "x")], tiny.clone()),
+            code,
+            "invalid label name",
+        )
+        .await;
+        expect_write_error(
+            &mut ingest,
+            write_request("bad-label-2", &[("1abc", "x")], tiny.clone()),
+            code,
+            "invalid label name",
+        )
+        .await;
+        expect_write_error(
+            &mut ingest,
+            write_request("bad-label-3", &[("__name__", "x")], tiny.clone()),
+            code,
+            "reserved",
+        )
+        .await;
+        expect_write_error(
+            &mut ingest,
+            write_request("", &[("a", "b")], tiny.clone()),
+            code,
+            "idempotency_key",
+        )
+        .await;
         // One bad series rejects the whole batch: the good series is not stored either.
         let mut mixed = write_request("mixed", &[("half", "good")], tiny.clone());
-        mixed.series.push(write_request("", &[("half", "bad")], b"garbage".to_vec()).series.remove(0));
+        mixed.series.push(
+            write_request("", &[("half", "bad")], b"garbage".to_vec())
+                .series
+                .remove(0),
+        );
         expect_write_error(&mut ingest, mixed, code, "series 1").await;
         // 100 MB: refused by size before anything is decoded.
         let huge = vec![0u8; 100 << 20];
-        let status = ingest.write(write_request("huge", &[("a", "b")], huge.clone())).await.expect_err("too large");
+        let status = ingest
+            .write(write_request("huge", &[("a", "b")], huge.clone()))
+            .await
+            .expect_err("too large");
         assert!(
-            matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted),
+            matches!(
+                status.code(),
+                tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+            ),
             "{status:?}"
         );
-        assert!(status.message().contains("too large") || status.message().contains("length"), "{status:?}");
+        assert!(
+            status.message().contains("too large") || status.message().contains("length"),
+            "{status:?}"
+        );
         let http = reqwest::Client::new()
             .post(format!("{}/api/v1/ingest?label.a=b", node.url()))
             .body(huge)
@@ -70,13 +136,23 @@ fn every_bad_input_is_rejected_clearly_and_stored_data_stays_intact() {
         // Queries: invalid selector and from > to.
         let mut query = QueryServiceClient::connect(node.url()).await.expect("connect");
         let merge = |selector: &str, start: i64, end: i64| api::MergeRequest {
-            selection: Some(api::Selection { selector: selector.into(), start_unix_ms: start, end_unix_ms: end }),
+            selection: Some(api::Selection {
+                selector: selector.into(),
+                start_unix_ms: start,
+                end_unix_ms: end,
+            }),
             ..Default::default()
         };
-        let status = query.merge(merge("cpu{job=}", 0, 1)).await.expect_err("bad selector");
+        let status = query
+            .merge(merge("cpu{job=}", 0, 1))
+            .await
+            .expect_err("bad selector");
         assert_eq!(status.code(), code);
         assert!(status.message().contains("position 8"), "{status:?}");
-        let status = query.merge(merge("cpu", 2000, 1000)).await.expect_err("from > to");
+        let status = query
+            .merge(merge("cpu", 2000, 1000))
+            .await
+            .expect_err("from > to");
         assert_eq!(status.code(), code);
         assert!(status.message().contains("after"), "{status:?}");
         let http = reqwest::Client::new()
@@ -89,8 +165,16 @@ fn every_bad_input_is_rejected_clearly_and_stored_data_stays_intact() {
     });
     let output = node.kiln(&["query", "cpu{job=}", "--from", "-1h"]);
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("position"), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("position"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let output = node.kiln(&["query", "cpu", "--from", "now", "--to", "-1h"]);
     assert!(!output.status.success());
-    assert_eq!(snapshot(&node), before, "stored data changed after rejected input");
+    assert_eq!(
+        node.snapshot(),
+        before,
+        "stored data changed after rejected input"
+    );
 }

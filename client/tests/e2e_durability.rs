@@ -13,30 +13,30 @@ use kiln_proto::kiln::v1::ingest_service_client::IngestServiceClient;
 use kiln_proto::kiln::v1::query_service_client::QueryServiceClient;
 use support::{now_nanos, testdata, tiny_pprof, write_request, TestNode};
 
-fn snapshot(node: &TestNode) -> (String, String) {
-    let series = node.kiln_ok(&["series", "--from", "0", "--output", "json"]);
-    // A fixed end keeps the printed range identical between snapshots.
-    let top = node.kiln_ok(&["query", "cpu", "--from", "0", "--to", "2100-01-01T00:00:00Z", "--output", "top"]);
-    (series, top)
-}
-
 #[test]
 fn restart_keeps_everything_acknowledged() {
     let mut node = TestNode::start();
     for stem in ["cpu", "heap", "goroutine"] {
         let path = testdata().join(format!("pprof/go/{stem}.pb.gz"));
-        node.kiln_ok(&["ingest", path.to_str().expect("utf-8"), "--label", &format!("file={stem}")]);
+        node.kiln_ok(&[
+            "ingest",
+            path.to_str().expect("utf-8"),
+            "--label",
+            &format!("file={stem}"),
+        ]);
     }
-    let before = snapshot(&node);
+    let before = node.snapshot();
     assert!(before.1.contains("crypto/sha256.block"));
     node.stop();
     node.restart();
-    assert_eq!(snapshot(&node), before);
+    assert_eq!(node.snapshot(), before);
 }
 
 /// Per `seq` label: the merged value (one write of value seq+1 each).
 async fn values_by_sequence(address: &str) -> BTreeMap<u64, i64> {
-    let mut client = QueryServiceClient::connect(format!("http://{address}")).await.expect("connect");
+    let mut client = QueryServiceClient::connect(format!("http://{address}"))
+        .await
+        .expect("connect");
     let response = client
         .range(api::RangeRequest {
             selection: Some(api::Selection {
@@ -53,7 +53,14 @@ async fn values_by_sequence(address: &str) -> BTreeMap<u64, i64> {
         .into_inner();
     let mut values = BTreeMap::new();
     for series in response.series {
-        let sequence: u64 = series.labels.iter().find(|label| label.name == "seq").expect("seq").value.parse().expect("number");
+        let sequence: u64 = series
+            .labels
+            .iter()
+            .find(|label| label.name == "seq")
+            .expect("seq")
+            .value
+            .parse()
+            .expect("number");
         values.insert(sequence, series.points.iter().map(|point| point.value).sum());
     }
     values
@@ -95,7 +102,10 @@ fn kill_9_during_ingest_loses_nothing_acknowledged() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     while acknowledged.lock().expect("lock").len() < 200 {
-        assert!(Instant::now() < deadline, "writers did not get 200 acknowledgements within 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "writers did not get 200 acknowledgements within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     node.kill9();
@@ -107,11 +117,19 @@ fn kill_9_during_ingest_loses_nothing_acknowledged() {
     node.restart();
     let stored = runtime.block_on(values_by_sequence(&node.address));
     for sequence in &acknowledged {
-        assert_eq!(stored.get(sequence), Some(&(*sequence as i64 + 1)), "acknowledged write {sequence} lost or doubled");
+        assert_eq!(
+            stored.get(sequence),
+            Some(&(*sequence as i64 + 1)),
+            "acknowledged write {sequence} lost or doubled"
+        );
     }
     // Writes in flight at the kill may or may not be stored, but never twice.
     for (sequence, value) in &stored {
-        assert_eq!(*value, *sequence as i64 + 1, "write {sequence} stored more than once");
+        assert_eq!(
+            *value,
+            *sequence as i64 + 1,
+            "write {sequence} stored more than once"
+        );
     }
 
     // A retry of an acknowledged write after the restart is recognised, not stored again.
@@ -121,7 +139,10 @@ fn kill_9_during_ingest_loses_nothing_acknowledged() {
         client
             .write(write_request(
                 &format!("kill9-{first}"),
-                &[("writer", &(first / 1_000_000).to_string()), ("seq", &first.to_string())],
+                &[
+                    ("writer", &(first / 1_000_000).to_string()),
+                    ("seq", &first.to_string()),
+                ],
                 tiny_pprof(&first.to_string(), first as i64 + 1, now_nanos()),
             ))
             .await
@@ -129,5 +150,8 @@ fn kill_9_during_ingest_loses_nothing_acknowledged() {
             .into_inner()
     });
     assert!(retried.duplicate);
-    assert_eq!(runtime.block_on(values_by_sequence(&node.address)).get(&first), Some(&(first as i64 + 1)));
+    assert_eq!(
+        runtime.block_on(values_by_sequence(&node.address)).get(&first),
+        Some(&(first as i64 + 1))
+    );
 }

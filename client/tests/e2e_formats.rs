@@ -17,7 +17,9 @@ fn folded_map(text: &str) -> BTreeMap<String, i64> {
 }
 
 fn query(node: &TestNode, selector: &str, output: &str) -> String {
-    node.kiln_ok(&["query", selector, "--from", "0", "--to", "now", "--output", output])
+    node.kiln_ok(&[
+        "query", selector, "--from", "0", "--to", "now", "--output", output,
+    ])
 }
 
 #[test]
@@ -41,7 +43,12 @@ fn folded_file_gives_back_the_same_stacks_and_totals() {
 fn speedscope_file_gives_back_the_same_stacks_and_totals() {
     let node = TestNode::start();
     let path = testdata().join("speedscope/python-pyspy.speedscope.json");
-    node.kiln_ok(&["ingest", path.to_str().expect("utf-8"), "--label", "file=speedscope"]);
+    node.kiln_ok(&[
+        "ingest",
+        path.to_str().expect("utf-8"),
+        "--label",
+        "file=speedscope",
+    ]);
     let document: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("speedscope file")).expect("json");
     let frames = document["shared"]["frames"].as_array().expect("frames");
@@ -49,24 +56,39 @@ fn speedscope_file_gives_back_the_same_stacks_and_totals() {
     let mut expected_nanoseconds = 0f64;
     for profile in document["profiles"].as_array().expect("profiles") {
         let weights = profile["weights"].as_array().expect("weights");
-        for (sample, weight) in profile["samples"].as_array().expect("samples").iter().zip(weights) {
+        for (sample, weight) in profile["samples"]
+            .as_array()
+            .expect("samples")
+            .iter()
+            .zip(weights)
+        {
             let names: Vec<&str> = sample
                 .as_array()
                 .expect("frame list")
                 .iter()
-                .map(|index| frames[index.as_u64().expect("index") as usize]["name"].as_str().expect("name"))
+                .map(|index| {
+                    frames[index.as_u64().expect("index") as usize]["name"]
+                        .as_str()
+                        .expect("name")
+                })
                 .collect();
             *expected.entry(names.join(";")).or_insert(0) += 1;
             expected_nanoseconds += weight.as_f64().expect("weight") * 1e9;
         }
     }
     // Samples with an empty stack have no folded line; speedscope files have none.
-    assert_eq!(folded_map(&query(&node, r#"samples{file="speedscope"}"#, "folded")), expected);
+    assert_eq!(
+        folded_map(&query(&node, r#"samples{file="speedscope"}"#, "folded")),
+        expected
+    );
     let merged: serde_json::Value =
         serde_json::from_str(&query(&node, r#"cpu{file="speedscope"}"#, "json")).expect("merge json");
     let total = merged["total"].as_f64().expect("total");
     // Each weight is rounded to whole nanoseconds on conversion.
-    assert!((total - expected_nanoseconds).abs() <= expected.values().sum::<i64>() as f64, "{total} vs {expected_nanoseconds}");
+    assert!(
+        (total - expected_nanoseconds).abs() <= expected.values().sum::<i64>() as f64,
+        "{total} vs {expected_nanoseconds}"
+    );
 }
 
 #[test]
@@ -75,10 +97,15 @@ fn svg_tree_and_json_outputs_describe_the_same_merge() {
     let path = testdata().join("pprof/go/cpu.pb.gz");
     node.kiln_ok(&["ingest", path.to_str().expect("utf-8"), "--label", "file=cpu"]);
     let svg = query(&node, r#"cpu{file="cpu"}"#, "svg");
-    assert!(svg.contains("<svg") && svg.contains("crypto/sha256.block"), "not a flame graph: {}", &svg[..200.min(svg.len())]);
+    assert!(
+        svg.contains("<svg") && svg.contains("crypto/sha256.block"),
+        "not a flame graph: {}",
+        &svg[..200.min(svg.len())]
+    );
     let tree = query(&node, r#"cpu{file="cpu"}"#, "tree");
     assert!(tree.contains("main.generateReport"), "{tree}");
-    let json: serde_json::Value = serde_json::from_str(&query(&node, r#"cpu{file="cpu"}"#, "json")).expect("json");
+    let json: serde_json::Value =
+        serde_json::from_str(&query(&node, r#"cpu{file="cpu"}"#, "json")).expect("json");
     assert_eq!(json["total"], 3_440_000_000i64);
     let nodes = json["tree"]["nodes"].as_array().expect("tree nodes");
     assert_eq!(nodes[0]["total"], 3_440_000_000i64);
@@ -92,7 +119,10 @@ fn http_api_answers_the_same_as_grpc() {
     runtime.block_on(async {
         let client = reqwest::Client::new();
         let written: serde_json::Value = client
-            .post(format!("{}/api/v1/ingest?label.file=cpu&label.service=web", node.url()))
+            .post(format!(
+                "{}/api/v1/ingest?label.file=cpu&label.service=web",
+                node.url()
+            ))
             .body(body)
             .send()
             .await
@@ -103,7 +133,11 @@ fn http_api_answers_the_same_as_grpc() {
         assert_eq!(written["profiles"], 1);
         let merged: serde_json::Value = client
             .get(format!("{}/api/v1/query/merge", node.url()))
-            .query(&[("selector", r#"cpu{service="web"}"#), ("from", "0"), ("format", "top")])
+            .query(&[
+                ("selector", r#"cpu{service="web"}"#),
+                ("from", "0"),
+                ("format", "top"),
+            ])
             .send()
             .await
             .expect("merge")
@@ -111,7 +145,10 @@ fn http_api_answers_the_same_as_grpc() {
             .await
             .expect("json");
         assert_eq!(merged["total"], 3_440_000_000i64);
-        assert_eq!(merged["top"]["rows"][0]["frame"]["function"], "crypto/sha256.block");
+        assert_eq!(
+            merged["top"]["rows"][0]["frame"]["function"],
+            "crypto/sha256.block"
+        );
         let values: serde_json::Value = client
             .get(format!("{}/api/v1/labels/service/values", node.url()))
             .send()
@@ -121,9 +158,20 @@ fn http_api_answers_the_same_as_grpc() {
             .await
             .expect("json");
         assert_eq!(values["values"], serde_json::json!(["web"]));
-        let metrics = client.get(format!("{}/metrics", node.url())).send().await.expect("metrics").text().await.expect("text");
+        let metrics = client
+            .get(format!("{}/metrics", node.url()))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
         assert!(metrics.contains("kiln_ingested_profiles_total 1"), "{metrics}");
-        let health = client.get(format!("{}/healthz", node.url())).send().await.expect("healthz");
+        let health = client
+            .get(format!("{}/healthz", node.url()))
+            .send()
+            .await
+            .expect("healthz");
         assert!(health.status().is_success());
     });
     let grpc_top = node.kiln_ok(&["query", r#"cpu{service="web"}"#, "--from", "0", "--output", "top"]);

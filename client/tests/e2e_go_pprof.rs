@@ -25,7 +25,14 @@ fn ingest_all(node: &TestNode) {
     for (stem, name, _) in PROFILES {
         let path = directory.join(format!("{stem}.pb.gz"));
         let label = format!("file={stem}");
-        let mut args = vec!["ingest", path.to_str().expect("utf-8 path"), "--label", &label, "--label", "service=demo"];
+        let mut args = vec![
+            "ingest",
+            path.to_str().expect("utf-8 path"),
+            "--label",
+            &label,
+            "--label",
+            "service=demo",
+        ];
         if let Some(name) = name {
             args.extend(["--name", name]);
         }
@@ -35,7 +42,14 @@ fn ingest_all(node: &TestNode) {
 
 /// The profile type id of the series of `file=stem` whose sample type is `sample_type`.
 fn type_of(node: &TestNode, stem: &str, sample_type: &str) -> String {
-    let output = node.kiln_ok(&["series", &format!("{{file=\"{stem}\"}}"), "--from", "0", "--output", "json"]);
+    let output = node.kiln_ok(&[
+        "series",
+        &format!("{{file=\"{stem}\"}}"),
+        "--from",
+        "0",
+        "--output",
+        "json",
+    ]);
     let parsed: serde_json::Value = serde_json::from_str(&output).expect("series json");
     let series = parsed["series"].as_array().expect("series array");
     let found = series
@@ -64,11 +78,14 @@ fn top_of_every_go_profile_matches_go_tool_pprof() {
         let Some(expected_file) = expected_file else {
             continue;
         };
-        let expected_text = std::fs::read_to_string(expected_directory.join(format!("{expected_file}.top.txt")))
-            .expect("expected top");
+        let expected_text =
+            std::fs::read_to_string(expected_directory.join(format!("{expected_file}.top.txt")))
+                .expect("expected top");
         let profile_type = type_of(&node, stem, &expected_type(&expected_text));
         let selector = format!("{profile_type}{{file=\"{stem}\"}}");
-        let ours = node.kiln_ok(&["query", &selector, "--from", "0", "--to", "now", "--output", "top"]);
+        let ours = node.kiln_ok(&[
+            "query", &selector, "--from", "0", "--to", "now", "--output", "top",
+        ]);
         assert_tops_agree(&parse_top(&expected_text), &parse_top(&ours), stem);
     }
 }
@@ -78,7 +95,8 @@ fn merge_of_three_cpu_profiles_matches_go_tool_pprof() {
     let node = TestNode::start();
     ingest_all(&node);
     let expected_text =
-        std::fs::read_to_string(testdata().join("pprof/go/expected/cpu-1-2-3.merged.top.txt")).expect("expected");
+        std::fs::read_to_string(testdata().join("pprof/go/expected/cpu-1-2-3.merged.top.txt"))
+            .expect("expected");
     let ours = node.kiln_ok(&[
         "query",
         r#"cpu{file=~"cpu-[123]"}"#,
@@ -113,13 +131,24 @@ fn exported_pprof_reads_back_in_go_tool_pprof_with_the_same_numbers() {
         exported.to_str().expect("utf-8 path"),
     ]);
     let go = std::process::Command::new("go")
-        .args(["tool", "pprof", "-top", "-nodecount=1000000", "-nodefraction=0", "-edgefraction=0"])
+        .args([
+            "tool",
+            "pprof",
+            "-top",
+            "-nodecount=1000000",
+            "-nodefraction=0",
+            "-edgefraction=0",
+        ])
         .arg(&exported)
         .env("HOME", directory.path())
         .env("PPROF_TMPDIR", directory.path())
         .output()
         .expect("`go` must be installed (Debian's golang-go); the test command installs it");
-    assert!(go.status.success(), "go tool pprof failed: {}", String::from_utf8_lossy(&go.stderr));
+    assert!(
+        go.status.success(),
+        "go tool pprof failed: {}",
+        String::from_utf8_lossy(&go.stderr)
+    );
     let theirs = String::from_utf8(go.stdout).expect("utf-8");
     assert_tops_agree(&parse_top(&theirs), &parse_top(&ours), "exported pprof");
 }

@@ -95,7 +95,11 @@ impl LabelSet {
                 return Err(LabelError::ReservedName(name));
             }
             if value.len() > MAX_LABEL_VALUE_BYTES {
-                return Err(LabelError::ValueTooLong { name, length: value.len(), max: MAX_LABEL_VALUE_BYTES });
+                return Err(LabelError::ValueTooLong {
+                    name,
+                    length: value.len(),
+                    max: MAX_LABEL_VALUE_BYTES,
+                });
             }
             if value.is_empty() {
                 continue;
@@ -217,10 +221,22 @@ mod tests {
 
     #[test]
     fn label_validation_rejects_bad_names() {
-        assert!(matches!(LabelSet::from_user_pairs([("1a", "x")]), Err(LabelError::InvalidName(_))));
-        assert!(matches!(LabelSet::from_user_pairs([("", "x")]), Err(LabelError::InvalidName(_))));
-        assert!(matches!(LabelSet::from_user_pairs([("a-b", "x")]), Err(LabelError::InvalidName(_))));
-        assert!(matches!(LabelSet::from_user_pairs([("__x", "x")]), Err(LabelError::ReservedName(_))));
+        assert!(matches!(
+            LabelSet::from_user_pairs([("1a", "x")]),
+            Err(LabelError::InvalidName(_))
+        ));
+        assert!(matches!(
+            LabelSet::from_user_pairs([("", "x")]),
+            Err(LabelError::InvalidName(_))
+        ));
+        assert!(matches!(
+            LabelSet::from_user_pairs([("a-b", "x")]),
+            Err(LabelError::InvalidName(_))
+        ));
+        assert!(matches!(
+            LabelSet::from_user_pairs([("__x", "x")]),
+            Err(LabelError::ReservedName(_))
+        ));
         assert!(matches!(
             LabelSet::from_user_pairs([("a", "x"), ("a", "y")]),
             Err(LabelError::DuplicateName(_))

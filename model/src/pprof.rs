@@ -160,7 +160,12 @@ fn string_at(strings: &[String], index: i64, what: &str) -> Result<String, Pprof
         .ok()
         .and_then(|index| strings.get(index))
         .cloned()
-        .ok_or_else(|| invalid(format!("{what} refers to string {index}, but the string table has {}", strings.len())))
+        .ok_or_else(|| {
+            invalid(format!(
+                "{what} refers to string {index}, but the string table has {}",
+                strings.len()
+            ))
+        })
 }
 
 fn index_by_id(ids: impl Iterator<Item = u64>, what: &str) -> Result<HashMap<u64, u32>, PprofError> {
@@ -192,7 +197,14 @@ pub fn validate_and_index(profile: wire::Profile) -> Result<ParsedProfile, Pprof
         if type_name.is_empty() {
             return Err(invalid("a sample type has an empty name"));
         }
-        sample_types.push((type_name, if unit.is_empty() { "count".to_string() } else { unit }));
+        sample_types.push((
+            type_name,
+            if unit.is_empty() {
+                "count".to_string()
+            } else {
+                unit
+            },
+        ));
     }
     let period_type = match &profile.period_type {
         Some(value_type) => (
@@ -205,7 +217,10 @@ pub fn validate_and_index(profile: wire::Profile) -> Result<ParsedProfile, Pprof
         sample_types.len() - 1
     } else {
         let wanted = string_at(strings, profile.default_sample_type, "default_sample_type")?;
-        sample_types.iter().position(|(type_name, _)| *type_name == wanted).unwrap_or(sample_types.len() - 1)
+        sample_types
+            .iter()
+            .position(|(type_name, _)| *type_name == wanted)
+            .unwrap_or(sample_types.len() - 1)
     };
 
     let mapping_index = index_by_id(profile.mapping.iter().map(|mapping| mapping.id), "mapping")?;
@@ -241,7 +256,10 @@ pub fn validate_and_index(profile: wire::Profile) -> Result<ParsedProfile, Pprof
         let mapping = match location.mapping_id {
             0 => None,
             id => Some(*mapping_index.get(&id).ok_or_else(|| {
-                invalid(format!("location {} refers to mapping {id}, which does not exist", location.id))
+                invalid(format!(
+                    "location {} refers to mapping {id}, which does not exist",
+                    location.id
+                ))
             })?),
         };
         let mut lines = Vec::with_capacity(location.line.len());
@@ -252,9 +270,18 @@ pub fn validate_and_index(profile: wire::Profile) -> Result<ParsedProfile, Pprof
                     location.id, line.function_id
                 ))
             })?;
-            lines.push(LineRecord { function, line: line.line, column: line.column });
+            lines.push(LineRecord {
+                function,
+                line: line.line,
+                column: line.column,
+            });
         }
-        locations.push(LocationRecord { mapping, address: location.address, lines, is_folded: location.is_folded });
+        locations.push(LocationRecord {
+            mapping,
+            address: location.address,
+            lines,
+            is_folded: location.is_folded,
+        });
     }
 
     let mut samples = Vec::with_capacity(profile.sample.len());
@@ -269,10 +296,15 @@ pub fn validate_and_index(profile: wire::Profile) -> Result<ParsedProfile, Pprof
         let mut stack = Vec::with_capacity(sample.location_id.len());
         for location_id in &sample.location_id {
             stack.push(*location_index.get(location_id).ok_or_else(|| {
-                invalid(format!("sample {sample_number} refers to location {location_id}, which does not exist"))
+                invalid(format!(
+                    "sample {sample_number} refers to location {location_id}, which does not exist"
+                ))
             })?);
         }
-        samples.push(SampleRecord { locations: stack, values: sample.value.clone() });
+        samples.push(SampleRecord {
+            locations: stack,
+            values: sample.value.clone(),
+        });
     }
 
     Ok(ParsedProfile {
@@ -295,7 +327,11 @@ impl ParsedProfile {
     /// block profiles (which pprof cannot tell apart), else the first sample type.
     pub fn inferred_name(&self) -> String {
         let period_type = self.period_type.0.as_str();
-        let first_type = self.sample_types.first().map(|(type_name, _)| type_name.as_str()).unwrap_or("unknown");
+        let first_type = self
+            .sample_types
+            .first()
+            .map(|(type_name, _)| type_name.as_str())
+            .unwrap_or("unknown");
         match period_type {
             "cpu" => "process_cpu".into(),
             "space" => "memory".into(),
@@ -316,7 +352,11 @@ impl ParsedProfile {
         let (period_type, period_unit) = if self.period_type.0.is_empty() {
             self.sample_types.first().cloned().unwrap_or_default()
         } else {
-            let unit = if self.period_type.1.is_empty() { "count".to_string() } else { self.period_type.1.clone() };
+            let unit = if self.period_type.1.is_empty() {
+                "count".to_string()
+            } else {
+                self.period_type.1.clone()
+            };
             (self.period_type.0.clone(), unit)
         };
         self.sample_types
@@ -340,15 +380,29 @@ mod tests {
     fn minimal() -> wire::Profile {
         wire::Profile {
             sample_type: vec![wire::ValueType { r#type: 1, unit: 2 }],
-            sample: vec![wire::Sample { location_id: vec![1], value: vec![5], label: vec![] }],
+            sample: vec![wire::Sample {
+                location_id: vec![1],
+                value: vec![5],
+                label: vec![],
+            }],
             location: vec![wire::Location {
                 id: 1,
                 mapping_id: 0,
                 address: 0x10,
-                line: vec![wire::Line { function_id: 1, line: 3, column: 0 }],
+                line: vec![wire::Line {
+                    function_id: 1,
+                    line: 3,
+                    column: 0,
+                }],
                 is_folded: false,
             }],
-            function: vec![wire::Function { id: 1, name: 3, system_name: 3, filename: 0, start_line: 0 }],
+            function: vec![wire::Function {
+                id: 1,
+                name: 3,
+                system_name: 3,
+                filename: 0,
+                start_line: 0,
+            }],
             string_table: vec!["".into(), "samples".into(), "count".into(), "main".into()],
             ..Default::default()
         }
@@ -365,16 +419,28 @@ mod tests {
     fn dangling_ids_are_rejected() {
         let mut bad_location = minimal();
         bad_location.sample[0].location_id = vec![7];
-        assert!(matches!(validate_and_index(bad_location), Err(PprofError::Invalid(_))));
+        assert!(matches!(
+            validate_and_index(bad_location),
+            Err(PprofError::Invalid(_))
+        ));
         let mut bad_function = minimal();
         bad_function.location[0].line[0].function_id = 9;
-        assert!(matches!(validate_and_index(bad_function), Err(PprofError::Invalid(_))));
+        assert!(matches!(
+            validate_and_index(bad_function),
+            Err(PprofError::Invalid(_))
+        ));
         let mut bad_string = minimal();
         bad_string.function[0].name = 99;
-        assert!(matches!(validate_and_index(bad_string), Err(PprofError::Invalid(_))));
+        assert!(matches!(
+            validate_and_index(bad_string),
+            Err(PprofError::Invalid(_))
+        ));
         let mut bad_values = minimal();
         bad_values.sample[0].value = vec![1, 2];
-        assert!(matches!(validate_and_index(bad_values), Err(PprofError::Invalid(_))));
+        assert!(matches!(
+            validate_and_index(bad_values),
+            Err(PprofError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -384,7 +450,10 @@ mod tests {
         encoder.write_all(&minimal().encode_to_vec()).unwrap();
         let gzipped = encoder.finish().unwrap();
         assert!(decode_pprof(&gzipped).is_ok());
-        assert!(matches!(decode_pprof(&gzipped[..gzipped.len() / 2]), Err(PprofError::Gzip(_))));
+        assert!(matches!(
+            decode_pprof(&gzipped[..gzipped.len() / 2]),
+            Err(PprofError::Gzip(_))
+        ));
     }
 
     #[test]

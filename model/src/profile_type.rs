@@ -102,14 +102,20 @@ mod tests {
 
     #[test]
     fn parse_round_trips_canonical_ids() {
-        for id in ["process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta", "memory:inuse_space:bytes:space:bytes"] {
+        for id in [
+            "process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta",
+            "memory:inuse_space:bytes:space:bytes",
+        ] {
             assert_eq!(ProfileType::parse(id).unwrap().id(), id);
         }
     }
 
     #[test]
     fn aliases_resolve() {
-        assert_eq!(ProfileType::parse("cpu").unwrap().id(), "process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta");
+        assert_eq!(
+            ProfileType::parse("cpu").unwrap().id(),
+            "process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta"
+        );
         assert!(ProfileType::parse("heap").is_ok_and(|profile_type| !profile_type.delta));
     }
 

@@ -68,7 +68,12 @@ impl Matcher {
             MatchOp::RegexMatch | MatchOp::RegexNoMatch => Some(Regex::new(&format!("^(?:{value})$"))?),
             MatchOp::Equal | MatchOp::NotEqual => None,
         };
-        Ok(Matcher { name: name.to_string(), op, value: value.to_string(), anchored_regex })
+        Ok(Matcher {
+            name: name.to_string(),
+            op,
+            value: value.to_string(),
+            anchored_regex,
+        })
     }
 
     /// True when a label value (`""` for a missing label) satisfies the matcher.
@@ -121,7 +126,11 @@ struct Parser<'input> {
 
 impl<'input> Parser<'input> {
     fn error(&self, position: usize, message: impl Into<String>) -> SelectorError {
-        SelectorError { position, message: message.into(), input: self.input.to_string() }
+        SelectorError {
+            position,
+            message: message.into(),
+            input: self.input.to_string(),
+        }
     }
 
     fn rest(&self) -> &'input str {
@@ -139,14 +148,22 @@ impl<'input> Parser<'input> {
 
     fn take_while(&mut self, accept: impl Fn(char) -> bool) -> &'input str {
         let start = self.position;
-        let length: usize = self.rest().chars().take_while(|character| accept(*character)).map(char::len_utf8).sum();
+        let length: usize = self
+            .rest()
+            .chars()
+            .take_while(|character| accept(*character))
+            .map(char::len_utf8)
+            .sum();
         self.position += length;
         &self.input[start..self.position]
     }
 
     fn parse_quoted(&mut self) -> Result<String, SelectorError> {
         let start = self.position;
-        let Some(quote) = self.peek().filter(|character| matches!(character, '"' | '\'' | '`')) else {
+        let Some(quote) = self
+            .peek()
+            .filter(|character| matches!(character, '"' | '\'' | '`'))
+        else {
             return Err(self.error(start, "expected a quoted value (\"...\")"));
         };
         self.position += 1;
@@ -219,7 +236,10 @@ impl<'input> Parser<'input> {
             let name_position = self.position;
             let name = self.take_while(|character| character.is_ascii_alphanumeric() || character == '_');
             if !is_valid_label_name(name) {
-                return Err(self.error(name_position, "expected a label name matching [a-zA-Z_][a-zA-Z0-9_]*"));
+                return Err(self.error(
+                    name_position,
+                    "expected a label name matching [a-zA-Z_][a-zA-Z0-9_]*",
+                ));
             }
             self.skip_whitespace();
             let op = self.parse_operator()?;
@@ -234,7 +254,9 @@ impl<'input> Parser<'input> {
                 Some(',') => self.position += 1,
                 Some('}') => {}
                 None => return Err(self.error(self.position, "expected ',' or '}'")),
-                Some(other) => return Err(self.error(self.position, format!("expected ',' or '}}', found {other:?}"))),
+                Some(other) => {
+                    return Err(self.error(self.position, format!("expected ',' or '}}', found {other:?}")))
+                }
             }
         }
     }
@@ -245,11 +267,16 @@ pub fn parse_selector(input: &str) -> Result<Selector, SelectorError> {
     let mut parser = Parser { input, position: 0 };
     parser.skip_whitespace();
     let type_position = parser.position;
-    let type_text = parser.take_while(|character| character.is_ascii_alphanumeric() || matches!(character, '_' | ':' | '.' | '-'));
+    let type_text = parser.take_while(|character| {
+        character.is_ascii_alphanumeric() || matches!(character, '_' | ':' | '.' | '-')
+    });
     let profile_type = if type_text.is_empty() {
         None
     } else {
-        Some(ProfileType::parse(type_text).map_err(|error: ProfileTypeError| parser.error(type_position, error.to_string()))?)
+        Some(
+            ProfileType::parse(type_text)
+                .map_err(|error: ProfileTypeError| parser.error(type_position, error.to_string()))?,
+        )
     };
     parser.skip_whitespace();
     let matchers = match parser.peek() {
@@ -265,7 +292,10 @@ pub fn parse_selector(input: &str) -> Result<Selector, SelectorError> {
     if parser.position != input.len() {
         return Err(parser.error(parser.position, "unexpected text after the selector"));
     }
-    Ok(Selector { profile_type, matchers })
+    Ok(Selector {
+        profile_type,
+        matchers,
+    })
 }
 
 #[cfg(test)]
@@ -277,7 +307,15 @@ mod tests {
         let selector = parse_selector(r#"cpu{job="api", env!="dev",instance=~"a.*" ,zone!~'b|c',}"#).unwrap();
         assert_eq!(selector.profile_type.unwrap().name, "process_cpu");
         let ops: Vec<MatchOp> = selector.matchers.iter().map(|matcher| matcher.op).collect();
-        assert_eq!(ops, [MatchOp::Equal, MatchOp::NotEqual, MatchOp::RegexMatch, MatchOp::RegexNoMatch]);
+        assert_eq!(
+            ops,
+            [
+                MatchOp::Equal,
+                MatchOp::NotEqual,
+                MatchOp::RegexMatch,
+                MatchOp::RegexNoMatch
+            ]
+        );
     }
 
     #[test]
@@ -293,12 +331,17 @@ mod tests {
     #[test]
     fn missing_label_is_empty_string() {
         assert!(Matcher::new("env", MatchOp::Equal, "").unwrap().matches_empty());
-        assert!(!Matcher::new("env", MatchOp::RegexMatch, ".+").unwrap().matches_empty());
+        assert!(!Matcher::new("env", MatchOp::RegexMatch, ".+")
+            .unwrap()
+            .matches_empty());
     }
 
     #[test]
     fn bare_type_and_bare_matchers() {
-        assert!(parse_selector("memory:inuse_space:bytes:space:bytes").unwrap().matchers.is_empty());
+        assert!(parse_selector("memory:inuse_space:bytes:space:bytes")
+            .unwrap()
+            .matchers
+            .is_empty());
         assert!(parse_selector(r#"{job="x"}"#).unwrap().profile_type.is_none());
         assert!(parse_selector("{}").unwrap().matchers.is_empty());
     }

@@ -23,7 +23,11 @@ pub struct Frame {
 impl Frame {
     /// A frame known only by its function name.
     pub fn named(function: impl Into<String>) -> Self {
-        Frame { function: function.into(), file: String::new(), binary: String::new() }
+        Frame {
+            function: function.into(),
+            file: String::new(),
+            binary: String::new(),
+        }
     }
 }
 
@@ -141,7 +145,11 @@ impl StackTree {
             return *child;
         }
         let child = self.nodes.len() as u32;
-        self.nodes.push(TreeNode { frame, parent, ..TreeNode::default() });
+        self.nodes.push(TreeNode {
+            frame,
+            parent,
+            ..TreeNode::default()
+        });
         self.child_index.insert((parent, frame), child);
         child
     }
@@ -157,7 +165,9 @@ impl StackTree {
     }
 
     fn add_stack_values(&mut self, root_first_frames: &[u32], value: i64, baseline_value: i64) {
-        debug_assert!(root_first_frames.iter().all(|frame| (*frame as usize) < self.frames.len()));
+        debug_assert!(root_first_frames
+            .iter()
+            .all(|frame| (*frame as usize) < self.frames.len()));
         let mut node = 0u32;
         self.nodes[0].total += value;
         self.nodes[0].baseline_total += baseline_value;
@@ -184,14 +194,21 @@ impl StackTree {
     }
 
     fn merge_mapped(&mut self, other: &StackTree, into_baseline: bool) {
-        let frame_map: Vec<u32> = other.frames.iter().map(|frame| self.intern_frame(frame)).collect();
+        let frame_map: Vec<u32> = other
+            .frames
+            .iter()
+            .map(|frame| self.intern_frame(frame))
+            .collect();
         let mut node_map = vec![0u32; other.nodes.len()];
         for (index, other_node) in other.nodes.iter().enumerate() {
             let mapped = if index == 0 {
                 0
             } else {
                 debug_assert!((other_node.parent as usize) < index, "parents precede children");
-                self.child(node_map[other_node.parent as usize], frame_map[other_node.frame as usize])
+                self.child(
+                    node_map[other_node.parent as usize],
+                    frame_map[other_node.frame as usize],
+                )
             };
             node_map[index] = mapped;
             let node = &mut self.nodes[mapped as usize];
@@ -262,8 +279,10 @@ impl StackTree {
             if value == 0 {
                 continue;
             }
-            let names: Vec<String> =
-                path.iter().map(|frame| self.frames[*frame as usize].function.replace(';', ":")).collect();
+            let names: Vec<String> = path
+                .iter()
+                .map(|frame| self.frames[*frame as usize].function.replace(';', ":"))
+                .collect();
             text.push_str(&names.join(";"));
             text.push(' ');
             text.push_str(&value.to_string());
@@ -284,7 +303,13 @@ impl StackTree {
             .enumerate()
             .map(|(index, frame)| {
                 *row_of_name.entry(frame.function.as_str()).or_insert_with(|| {
-                    rows.push(TopEntry { frame: index as u32, flat: 0, cum: 0, baseline_flat: 0, baseline_cum: 0 });
+                    rows.push(TopEntry {
+                        frame: index as u32,
+                        flat: 0,
+                        cum: 0,
+                        baseline_flat: 0,
+                        baseline_cum: 0,
+                    });
                     rows.len() - 1
                 })
             })
@@ -318,7 +343,11 @@ impl StackTree {
                 .abs()
                 .cmp(&left.flat.abs())
                 .then(right.cum.abs().cmp(&left.cum.abs()))
-                .then_with(|| self.frames[left.frame as usize].function.cmp(&self.frames[right.frame as usize].function))
+                .then_with(|| {
+                    self.frames[left.frame as usize]
+                        .function
+                        .cmp(&self.frames[right.frame as usize].function)
+                })
         });
         rows
     }
@@ -331,9 +360,14 @@ impl StackTree {
         if min_fraction <= 0.0 {
             return (self.clone(), report);
         }
-        let threshold = (self.total().abs().max(self.baseline_total().abs()) as f64 * min_fraction).ceil() as i64;
+        let threshold =
+            (self.total().abs().max(self.baseline_total().abs()) as f64 * min_fraction).ceil() as i64;
         let mut result = StackTree::new();
-        result.nodes[0] = TreeNode { frame: 0, parent: 0, ..self.nodes[0] };
+        result.nodes[0] = TreeNode {
+            frame: 0,
+            parent: 0,
+            ..self.nodes[0]
+        };
         let other_frame = result.intern_frame(&Frame::named(OTHER_FRAME_NAME));
         let mut node_map: Vec<Option<u32>> = vec![None; self.nodes.len()];
         node_map[0] = Some(0);
@@ -399,10 +433,16 @@ impl StackTree {
                 0
             } else {
                 if node.parent as usize >= index {
-                    return Err(TreeError::Malformed(format!("node {index} precedes its parent {}", node.parent)));
+                    return Err(TreeError::Malformed(format!(
+                        "node {index} precedes its parent {}",
+                        node.parent
+                    )));
                 }
                 let Some(frame) = frame_map.get(node.frame as usize) else {
-                    return Err(TreeError::Malformed(format!("node {index} refers to frame {}", node.frame)));
+                    return Err(TreeError::Malformed(format!(
+                        "node {index} refers to frame {}",
+                        node.frame
+                    )));
                 };
                 tree.child(node_map[node.parent as usize], *frame)
             };
@@ -428,7 +468,10 @@ mod tests {
     fn tree_of(stacks: &[(Vec<&str>, i64)]) -> StackTree {
         let mut tree = StackTree::new();
         for (names, value) in stacks {
-            let frames: Vec<u32> = names.iter().map(|name| tree.intern_frame(&Frame::named(*name))).collect();
+            let frames: Vec<u32> = names
+                .iter()
+                .map(|name| tree.intern_frame(&Frame::named(*name)))
+                .collect();
             tree.add_stack(&frames, *value);
         }
         tree
@@ -450,7 +493,12 @@ mod tests {
         let top = tree.top();
         let by_name: HashMap<&str, (i64, i64)> = top
             .iter()
-            .map(|row| (tree.frames()[row.frame as usize].function.as_str(), (row.flat, row.cum)))
+            .map(|row| {
+                (
+                    tree.frames()[row.frame as usize].function.as_str(),
+                    (row.flat, row.cum),
+                )
+            })
             .collect();
         assert_eq!(by_name["f"], (2, 5));
         assert_eq!(by_name["g"], (3, 3));
@@ -472,7 +520,14 @@ mod tests {
 
     #[test]
     fn from_parts_rejects_dangling_references() {
-        let nodes = vec![TreeNode::default(), TreeNode { frame: 3, parent: 0, ..TreeNode::default() }];
+        let nodes = vec![
+            TreeNode::default(),
+            TreeNode {
+                frame: 3,
+                parent: 0,
+                ..TreeNode::default()
+            },
+        ];
         assert!(StackTree::from_parts(vec![Frame::named("x")], nodes).is_err());
     }
 
@@ -487,8 +542,10 @@ mod tests {
     fn build(stacks: &[(Vec<u8>, i64)]) -> StackTree {
         let mut tree = StackTree::new();
         for (stack, value) in stacks {
-            let frames: Vec<u32> =
-                names(stack).iter().map(|name| tree.intern_frame(&Frame::named(name.clone()))).collect();
+            let frames: Vec<u32> = names(stack)
+                .iter()
+                .map(|name| tree.intern_frame(&Frame::named(name.clone())))
+                .collect();
             tree.add_stack(&frames, *value);
         }
         tree

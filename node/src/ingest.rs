@@ -81,18 +81,26 @@ pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeEr
         )));
     }
     let received_at = now_unix_nanos();
-    let mut prepared = PreparedWrite { idempotency_key, ..PreparedWrite::default() };
+    let mut prepared = PreparedWrite {
+        idempotency_key,
+        ..PreparedWrite::default()
+    };
     let mut seen_symbols: HashSet<(u8, u64)> = HashSet::new();
     for (series_index, series) in request.series.into_iter().enumerate() {
-        let labels = LabelSet::from_user_pairs(series.labels.into_iter().map(|label| (label.name, label.value)))
-            .map_err(|error| NodeError::InvalidArgument(format!("series {series_index}: {error}")))?;
+        let labels =
+            LabelSet::from_user_pairs(series.labels.into_iter().map(|label| (label.name, label.value)))
+                .map_err(|error| NodeError::InvalidArgument(format!("series {series_index}: {error}")))?;
         for (profile_index, raw) in series.profiles.into_iter().enumerate() {
             let parsed = decode_pprof(&raw.pprof).map_err(|source| NodeError::InvalidProfile {
                 series: series_index,
                 index: profile_index,
                 source,
             })?;
-            let name = if raw.name.is_empty() { parsed.inferred_name() } else { raw.name.clone() };
+            let name = if raw.name.is_empty() {
+                parsed.inferred_name()
+            } else {
+                raw.name.clone()
+            };
             if name.contains(':') || name.contains('{') || name.trim().is_empty() {
                 return Err(NodeError::InvalidArgument(format!(
                     "series {series_index} profile {profile_index}: invalid profile name {name:?}"
@@ -116,8 +124,11 @@ pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeEr
             let mut values_by_stack: Vec<Vec<i64>> = Vec::new();
             let value_columns = parsed.sample_types.len();
             for sample in &parsed.samples {
-                let location_ids: Vec<u64> =
-                    sample.locations.iter().map(|index| symbols.location_ids[*index as usize]).collect();
+                let location_ids: Vec<u64> = sample
+                    .locations
+                    .iter()
+                    .map(|index| symbols.location_ids[*index as usize])
+                    .collect();
                 let (hash, encoded) = stack_hash(&location_ids);
                 let index = *stack_index.entry(hash).or_insert_with(|| {
                     stacks.push(PreparedStack { hash, encoded });

@@ -78,13 +78,27 @@ impl NodeState {
     /// Opens storage and starts the writer.
     pub fn open(config: NodeConfig) -> Result<Arc<NodeState>, NodeError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|error| {
-            NodeError::InvalidArgument(format!("cannot create data dir {}: {error}", config.data_dir.display()))
+            NodeError::InvalidArgument(format!(
+                "cannot create data dir {}: {error}",
+                config.data_dir.display()
+            ))
         })?;
         let metrics = Arc::new(Metrics::new());
         let storage = Storage::open(&config.data_dir, config.storage.clone())?;
-        let writer = Writer::start(storage.clone(), LOCAL_GROUP, config.write_queue_depth, metrics.clone())?;
+        let writer = Writer::start(
+            storage.clone(),
+            LOCAL_GROUP,
+            config.write_queue_depth,
+            metrics.clone(),
+        )?;
         let engine = QueryEngine::new(storage.clone(), LOCAL_GROUP, metrics.clone());
-        Ok(Arc::new(NodeState { storage, writer, engine, metrics, config }))
+        Ok(Arc::new(NodeState {
+            storage,
+            writer,
+            engine,
+            metrics,
+            config,
+        }))
     }
 
     /// Runs one retention pass now.

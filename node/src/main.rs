@@ -40,7 +40,9 @@ struct Args {
 
 fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -93,7 +95,9 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("shutting down: committing queued writes");
     retention.abort();
     let writer_state = state.clone();
-    tokio::task::spawn_blocking(move || writer_state.shutdown()).await.context("stopping the writer")?;
+    tokio::task::spawn_blocking(move || writer_state.shutdown())
+        .await
+        .context("stopping the writer")?;
     tracing::info!("stopped");
     Ok(())
 }

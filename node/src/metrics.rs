@@ -61,17 +61,41 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("kiln");
         let ingested_profiles = Counter::default();
-        registry.register("ingested_profiles", "pprof payloads stored", ingested_profiles.clone());
+        registry.register(
+            "ingested_profiles",
+            "pprof payloads stored",
+            ingested_profiles.clone(),
+        );
         let ingested_samples = Counter::default();
-        registry.register("ingested_samples", "stack samples stored, over all sample types", ingested_samples.clone());
+        registry.register(
+            "ingested_samples",
+            "stack samples stored, over all sample types",
+            ingested_samples.clone(),
+        );
         let duplicate_writes = Counter::default();
-        registry.register("duplicate_writes", "writes whose idempotency key was already stored", duplicate_writes.clone());
+        registry.register(
+            "duplicate_writes",
+            "writes whose idempotency key was already stored",
+            duplicate_writes.clone(),
+        );
         let rejected_overload = Counter::default();
-        registry.register("rejected_overload", "writes rejected because the writer queue was full", rejected_overload.clone());
+        registry.register(
+            "rejected_overload",
+            "writes rejected because the writer queue was full",
+            rejected_overload.clone(),
+        );
         let commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
-        registry.register("commit_seconds", "seconds per synced group commit", commit_seconds.clone());
+        registry.register(
+            "commit_seconds",
+            "seconds per synced group commit",
+            commit_seconds.clone(),
+        );
         let commit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
-        registry.register("commit_batch_size", "write requests per group commit", commit_batch_size.clone());
+        registry.register(
+            "commit_batch_size",
+            "write requests per group commit",
+            commit_batch_size.clone(),
+        );
         let query_seconds = Family::<QueryLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
@@ -81,7 +105,11 @@ impl Metrics {
         let series_created = Counter::default();
         registry.register("series_created", "series created", series_created.clone());
         let series_expired = Counter::default();
-        registry.register("series_expired", "series removed by retention", series_expired.clone());
+        registry.register(
+            "series_expired",
+            "series removed by retention",
+            series_expired.clone(),
+        );
         let disk_bytes = Gauge::default();
         registry.register("disk_bytes", "bytes of live SST files", disk_bytes.clone());
         Metrics {
@@ -111,7 +139,10 @@ impl Metrics {
     /// Counts a failed request.
     pub fn count_error(&self, operation: &str, code: tonic::Code) {
         self.request_errors
-            .get_or_create(&ErrorLabels { operation: operation.to_string(), code: format!("{code:?}") })
+            .get_or_create(&ErrorLabels {
+                operation: operation.to_string(),
+                code: format!("{code:?}"),
+            })
             .inc();
     }
 }

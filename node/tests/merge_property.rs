@@ -24,7 +24,10 @@ fn random_profile() -> impl Strategy<Value = RandomProfile> {
     let locations = prop::collection::vec(prop::collection::vec(0usize..8, 1..3), 1..10);
     (locations, 0usize..3, 0i64..3600).prop_flat_map(|(locations, series, time_offset_seconds)| {
         let location_count = locations.len();
-        let samples = prop::collection::vec((prop::collection::vec(0..location_count, 0..12), 1i64..1_000_000), 0..30);
+        let samples = prop::collection::vec(
+            (prop::collection::vec(0..location_count, 0..12), 1i64..1_000_000),
+            0..30,
+        );
         (Just(locations), samples, Just(series), Just(time_offset_seconds)).prop_map(
             |(locations, samples, series, time_offset_seconds)| RandomProfile {
                 locations,
@@ -41,7 +44,12 @@ fn function_name(index: usize) -> String {
 }
 
 fn to_pprof(profile: &RandomProfile, base_time_nanos: i64) -> Vec<u8> {
-    let mut strings = vec![String::new(), "cpu".into(), "nanoseconds".into(), "main.go".into()];
+    let mut strings = vec![
+        String::new(),
+        "cpu".into(),
+        "nanoseconds".into(),
+        "main.go".into(),
+    ];
     let function_base = strings.len() as i64;
     strings.extend((0..8).map(function_name));
     let functions = (0..8u64)
@@ -63,7 +71,11 @@ fn to_pprof(profile: &RandomProfile, base_time_nanos: i64) -> Vec<u8> {
             address: 0x4000 + index as u64,
             line: functions
                 .iter()
-                .map(|function| wire::Line { function_id: *function as u64 + 1, line: 10, column: 0 })
+                .map(|function| wire::Line {
+                    function_id: *function as u64 + 1,
+                    line: 10,
+                    column: 0,
+                })
                 .collect(),
             is_folded: false,
         })

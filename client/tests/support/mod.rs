@@ -78,7 +78,12 @@ impl TestNode {
                 panic!("kiln-node did not report its address within {START_DEADLINE:?}");
             }
         };
-        TestNode { child: Some(child), address, data_dir: data_dir.to_path_buf(), _temp: None }
+        TestNode {
+            child: Some(child),
+            address,
+            data_dir: data_dir.to_path_buf(),
+            _temp: None,
+        }
     }
 
     /// `http://host:port`.
@@ -99,7 +104,10 @@ impl TestNode {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -107,7 +115,10 @@ impl TestNode {
                 assert!(exit.success(), "kiln-node exited with {exit} after SIGTERM");
                 return;
             }
-            assert!(Instant::now() < deadline, "kiln-node did not stop within 60 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "kiln-node did not stop within 60 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -132,6 +143,23 @@ impl TestNode {
             .stdin(Stdio::null())
             .output()
             .expect("run kiln")
+    }
+
+    /// Everything a user sees of the stored data: every series, and the CPU top over
+    /// all time (with a fixed end, so that the printed range is the same each time).
+    pub fn snapshot(&self) -> (String, String) {
+        let series = self.kiln_ok(&["series", "--from", "0", "--output", "json"]);
+        let top = self.kiln_ok(&[
+            "query",
+            "cpu",
+            "--from",
+            "0",
+            "--to",
+            "2100-01-01T00:00:00Z",
+            "--output",
+            "top",
+        ]);
+        (series, top)
     }
 
     /// Runs the CLI and returns stdout, failing the test on a non-zero exit.
@@ -179,8 +207,13 @@ pub struct TopValues {
 /// Parses a pprof-printed quantity (`1.02s`, `10ms`, `512.17kB`, `7`) into base units
 /// (ns, bytes, count) and the half-unit of its last printed digit.
 pub fn parse_quantity(text: &str) -> Option<(f64, f64)> {
-    let split = text.find(|character: char| !(character.is_ascii_digit() || character == '.' || character == '-'))?;
-    let (number, unit) = if split == 0 { return None } else { text.split_at(split) };
+    let split =
+        text.find(|character: char| !(character.is_ascii_digit() || character == '.' || character == '-'))?;
+    let (number, unit) = if split == 0 {
+        return None;
+    } else {
+        text.split_at(split)
+    };
     quantity(number, unit)
 }
 
@@ -201,9 +234,16 @@ fn quantity(number: &str, unit: &str) -> Option<(f64, f64)> {
         "TB" => 1024.0f64.powi(4),
         _ => return None,
     };
-    let decimals = number.split_once('.').map(|(_, fraction)| fraction.len()).unwrap_or(0);
+    let decimals = number
+        .split_once('.')
+        .map(|(_, fraction)| fraction.len())
+        .unwrap_or(0);
     // pprof prints two decimals and drops ".00": an integer print may hide up to 0.005.
-    let half_digit = if decimals == 0 && unit.is_empty() { 0.0 } else { 0.5 * 10f64.powi(-(decimals.max(2) as i32)) };
+    let half_digit = if decimals == 0 && unit.is_empty() {
+        0.0
+    } else {
+        0.5 * 10f64.powi(-(decimals.max(2) as i32))
+    };
     Some((value * multiplier, half_digit * multiplier))
 }
 
@@ -237,7 +277,8 @@ pub fn parse_top(text: &str) -> TopTable {
         if fields.len() < 6 {
             continue;
         }
-        let (Some(flat), Some(cum)) = (parse_plain_quantity(fields[0]), parse_plain_quantity(fields[3])) else {
+        let (Some(flat), Some(cum)) = (parse_plain_quantity(fields[0]), parse_plain_quantity(fields[3]))
+        else {
             continue;
         };
         let mut name = fields[5..].join(" ");
@@ -257,7 +298,10 @@ pub fn parse_top(text: &str) -> TopTable {
 
 /// Asserts that two top tables agree on every function to their printed precision.
 pub fn assert_tops_agree(expected: &TopTable, actual: &TopTable, context: &str) {
-    assert!(!expected.rows.is_empty(), "{context}: the expected table has no rows");
+    assert!(
+        !expected.rows.is_empty(),
+        "{context}: the expected table has no rows"
+    );
     let mut mismatches = Vec::new();
     for (name, want) in &expected.rows {
         let Some(got) = actual.rows.get(name) else {
@@ -278,7 +322,12 @@ pub fn assert_tops_agree(expected: &TopTable, actual: &TopTable, context: &str) 
             mismatches.push(format!("{name}: not in the expected table"));
         }
     }
-    assert!(mismatches.is_empty(), "{context}: {} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{context}: {} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
 }
 
 /// A tiny valid pprof (gzipped): stack `main -> work -> leaf_<tag>` with `value`
@@ -287,14 +336,35 @@ pub fn tiny_pprof(tag: &str, value: i64, time_nanos: i64) -> Vec<u8> {
     use kiln_proto::pprof as wire;
     use prost::Message;
     use std::io::Write;
-    let strings: Vec<String> =
-        ["", "samples", "count", "cpu", "nanoseconds", "main", "work", &format!("leaf_{tag}")].iter().map(|text| text.to_string()).collect();
-    let function = |id: u64, name: i64| wire::Function { id, name, system_name: name, filename: 0, start_line: 0 };
+    let strings: Vec<String> = [
+        "",
+        "samples",
+        "count",
+        "cpu",
+        "nanoseconds",
+        "main",
+        "work",
+        &format!("leaf_{tag}"),
+    ]
+    .iter()
+    .map(|text| text.to_string())
+    .collect();
+    let function = |id: u64, name: i64| wire::Function {
+        id,
+        name,
+        system_name: name,
+        filename: 0,
+        start_line: 0,
+    };
     let location = |id: u64, function_id: u64| wire::Location {
         id,
         mapping_id: 0,
         address: 0x1000 * id,
-        line: vec![wire::Line { function_id, line: 1, column: 0 }],
+        line: vec![wire::Line {
+            function_id,
+            line: 1,
+            column: 0,
+        }],
         is_folded: false,
     };
     let profile = wire::Profile {
@@ -302,7 +372,11 @@ pub fn tiny_pprof(tag: &str, value: i64, time_nanos: i64) -> Vec<u8> {
         period_type: Some(wire::ValueType { r#type: 3, unit: 4 }),
         period: 10_000_000,
         time_nanos,
-        sample: vec![wire::Sample { location_id: vec![3, 2, 1], value: vec![value], label: vec![] }],
+        sample: vec![wire::Sample {
+            location_id: vec![3, 2, 1],
+            value: vec![value],
+            label: vec![],
+        }],
         location: vec![location(1, 1), location(2, 2), location(3, 3)],
         function: vec![function(1, 5), function(2, 6), function(3, 7)],
         string_table: strings,
@@ -315,17 +389,35 @@ pub fn tiny_pprof(tag: &str, value: i64, time_nanos: i64) -> Vec<u8> {
 
 /// Unix time now in nanoseconds.
 pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64
 }
 
 /// A gRPC write of one series with one profile.
-pub fn write_request(key: &str, labels: &[(&str, &str)], pprof: Vec<u8>) -> kiln_proto::kiln::v1::WriteRequest {
+pub fn write_request(
+    key: &str,
+    labels: &[(&str, &str)],
+    pprof: Vec<u8>,
+) -> kiln_proto::kiln::v1::WriteRequest {
     use kiln_proto::kiln::v1 as api;
     api::WriteRequest {
         idempotency_key: key.to_string(),
         series: vec![api::SeriesWrite {
-            labels: labels.iter().map(|(name, value)| api::Label { name: name.to_string(), value: value.to_string() }).collect(),
-            profiles: vec![api::RawProfile { pprof, name: String::new(), default_time_unix_nanos: 0, delta: None }],
+            labels: labels
+                .iter()
+                .map(|(name, value)| api::Label {
+                    name: name.to_string(),
+                    value: value.to_string(),
+                })
+                .collect(),
+            profiles: vec![api::RawProfile {
+                pprof,
+                name: String::new(),
+                default_time_unix_nanos: 0,
+                delta: None,
+            }],
         }],
     }
 }

@@ -178,7 +178,10 @@ impl Service {
     /// inlined frames expanded.
     pub fn stack_depths(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.stacks.iter().map(|stack| {
-            let lines = stack.iter().map(|location| self.locations[*location as usize].lines.len()).sum();
+            let lines = stack
+                .iter()
+                .map(|location| self.locations[*location as usize].lines.len())
+                .sum();
             (stack.len(), lines)
         })
     }
@@ -217,8 +220,6 @@ pub struct GeneratedProfile {
     pub series: u32,
     /// Index of the interval (0-based).
     pub tick: u32,
-    /// `time_nanos` of the pprof.
-    pub time_nanos: i64,
     /// The gzipped pprof, as Go's runtime sends it.
     pub gzipped: Vec<u8>,
     /// Size of the pprof before gzip.
@@ -231,38 +232,174 @@ pub struct GeneratedProfile {
     pub frames: u64,
 }
 
-impl GeneratedProfile {
-    /// Sum of the `cpu/nanoseconds` column.
-    pub fn cpu_nanos(&self) -> i64 {
-        i64::from(self.ticks) * PERIOD_NANOS
-    }
-}
-
 // ------------------------------------------------------------------ names
 
 const NOUNS: &[&str] = &[
-    "account", "order", "cart", "item", "user", "session", "token", "cache", "index", "shard", "query", "plan",
-    "batch", "record", "event", "stream", "buffer", "frame", "block", "page", "segment", "ledger", "price",
-    "quote", "stock", "route", "request", "response", "header", "cookie", "policy", "rule", "metric", "span",
-    "trace", "tenant", "region", "bucket", "object", "blob", "chunk", "manifest", "schema", "column", "row",
-    "cursor", "lease", "lock", "queue", "topic", "partition", "offset", "snapshot", "replica", "peer", "node",
-    "ranking", "feature", "model", "score", "vector", "embedding", "filter", "bloom", "codec", "payload",
-    "invoice", "payment", "refund", "customer", "catalog", "listing", "review", "coupon", "shipment", "warehouse",
+    "account",
+    "order",
+    "cart",
+    "item",
+    "user",
+    "session",
+    "token",
+    "cache",
+    "index",
+    "shard",
+    "query",
+    "plan",
+    "batch",
+    "record",
+    "event",
+    "stream",
+    "buffer",
+    "frame",
+    "block",
+    "page",
+    "segment",
+    "ledger",
+    "price",
+    "quote",
+    "stock",
+    "route",
+    "request",
+    "response",
+    "header",
+    "cookie",
+    "policy",
+    "rule",
+    "metric",
+    "span",
+    "trace",
+    "tenant",
+    "region",
+    "bucket",
+    "object",
+    "blob",
+    "chunk",
+    "manifest",
+    "schema",
+    "column",
+    "row",
+    "cursor",
+    "lease",
+    "lock",
+    "queue",
+    "topic",
+    "partition",
+    "offset",
+    "snapshot",
+    "replica",
+    "peer",
+    "node",
+    "ranking",
+    "feature",
+    "model",
+    "score",
+    "vector",
+    "embedding",
+    "filter",
+    "bloom",
+    "codec",
+    "payload",
+    "invoice",
+    "payment",
+    "refund",
+    "customer",
+    "catalog",
+    "listing",
+    "review",
+    "coupon",
+    "shipment",
+    "warehouse",
 ];
 
 const VERBS: &[&str] = &[
-    "get", "put", "load", "store", "fetch", "parse", "encode", "decode", "marshal", "unmarshal", "validate",
-    "apply", "merge", "split", "compact", "flush", "sync", "scan", "seek", "lookup", "resolve", "compute",
-    "render", "serialize", "hash", "sign", "verify", "compress", "decompress", "dispatch", "handle", "process",
-    "enqueue", "dequeue", "acquire", "release", "refresh", "evict", "insert", "update", "delete", "list",
-    "build", "score", "rank", "match", "route", "retry", "emit", "record", "collect", "aggregate", "normalize",
+    "get",
+    "put",
+    "load",
+    "store",
+    "fetch",
+    "parse",
+    "encode",
+    "decode",
+    "marshal",
+    "unmarshal",
+    "validate",
+    "apply",
+    "merge",
+    "split",
+    "compact",
+    "flush",
+    "sync",
+    "scan",
+    "seek",
+    "lookup",
+    "resolve",
+    "compute",
+    "render",
+    "serialize",
+    "hash",
+    "sign",
+    "verify",
+    "compress",
+    "decompress",
+    "dispatch",
+    "handle",
+    "process",
+    "enqueue",
+    "dequeue",
+    "acquire",
+    "release",
+    "refresh",
+    "evict",
+    "insert",
+    "update",
+    "delete",
+    "list",
+    "build",
+    "score",
+    "rank",
+    "match",
+    "route",
+    "retry",
+    "emit",
+    "record",
+    "collect",
+    "aggregate",
+    "normalize",
 ];
 
 const GO_STD_PACKAGES: &[&str] = &[
-    "net/http", "net", "bufio", "io", "bytes", "strings", "strconv", "encoding/json", "encoding/binary",
-    "compress/gzip", "compress/flate", "crypto/tls", "crypto/aes", "crypto/sha256", "crypto/internal/nistec",
-    "sync", "syscall", "internal/poll", "os", "time", "sort", "fmt", "reflect", "context", "regexp",
-    "math/big", "hash/crc32", "encoding/base64", "unicode/utf8", "log/slog",
+    "net/http",
+    "net",
+    "bufio",
+    "io",
+    "bytes",
+    "strings",
+    "strconv",
+    "encoding/json",
+    "encoding/binary",
+    "compress/gzip",
+    "compress/flate",
+    "crypto/tls",
+    "crypto/aes",
+    "crypto/sha256",
+    "crypto/internal/nistec",
+    "sync",
+    "syscall",
+    "internal/poll",
+    "os",
+    "time",
+    "sort",
+    "fmt",
+    "reflect",
+    "context",
+    "regexp",
+    "math/big",
+    "hash/crc32",
+    "encoding/base64",
+    "unicode/utf8",
+    "log/slog",
 ];
 
 const GO_MODULES: &[&str] = &[
@@ -281,31 +418,112 @@ const GO_MODULES: &[&str] = &[
 ];
 
 const GO_RUNTIME_NAMED: &[&str] = &[
-    "runtime.goexit", "runtime.mstart", "runtime.mstart0", "runtime.mstart1", "runtime.main",
-    "runtime.schedule", "runtime.findRunnable", "runtime.gcBgMarkWorker", "runtime.systemstack",
-    "runtime.gcDrain", "runtime.mallocgc", "runtime.newobject", "runtime.makeslice", "runtime.growslice",
-    "runtime.memmove", "runtime.memclrNoHeapPointers", "runtime.scanobject", "runtime.findObject",
-    "runtime.greyobject", "runtime.mcall", "runtime.park_m", "runtime.futex", "runtime.futexsleep",
-    "runtime.notesleep", "runtime.stopm", "runtime.netpoll", "runtime.epollwait", "runtime.nanotime1",
-    "runtime.mapaccess1_faststr", "runtime.mapassign_faststr", "runtime.mapaccess2", "runtime.heapBitsSetType",
-    "runtime.(*mcache).nextFree", "runtime.(*mcache).refill", "runtime.(*mcentral).cacheSpan",
-    "runtime.(*mheap).alloc", "runtime.lock2", "runtime.unlock2", "runtime.chansend", "runtime.chanrecv",
-    "runtime.selectgo", "runtime.gopark", "runtime.goready", "runtime.runqgrab", "runtime.stealWork",
-    "runtime.casgstatus", "runtime.(*gcWork).tryGet", "runtime.wbBufFlush1", "runtime.bulkBarrierPreWrite",
-    "runtime.typedmemmove", "runtime.concatstrings", "runtime.slicebytetostring", "runtime.convTstring",
-    "runtime.assertE2I2", "runtime.memequal", "runtime.cmpstring", "runtime.procyield", "runtime.usleep",
-    "runtime.sysmon", "runtime.retake", "runtime.madvise", "runtime.sweepone", "runtime.(*sweepLocked).sweep",
-    "runtime.bgsweep", "runtime.gcMarkDone", "runtime.markroot", "runtime.scanstack", "runtime.scanframeworker",
-    "runtime.(*unwinder).next", "runtime.pcvalue", "runtime.step", "runtime.findfunc", "runtime.funcspdelta",
+    "runtime.goexit",
+    "runtime.mstart",
+    "runtime.mstart0",
+    "runtime.mstart1",
+    "runtime.main",
+    "runtime.schedule",
+    "runtime.findRunnable",
+    "runtime.gcBgMarkWorker",
+    "runtime.systemstack",
+    "runtime.gcDrain",
+    "runtime.mallocgc",
+    "runtime.newobject",
+    "runtime.makeslice",
+    "runtime.growslice",
+    "runtime.memmove",
+    "runtime.memclrNoHeapPointers",
+    "runtime.scanobject",
+    "runtime.findObject",
+    "runtime.greyobject",
+    "runtime.mcall",
+    "runtime.park_m",
+    "runtime.futex",
+    "runtime.futexsleep",
+    "runtime.notesleep",
+    "runtime.stopm",
+    "runtime.netpoll",
+    "runtime.epollwait",
+    "runtime.nanotime1",
+    "runtime.mapaccess1_faststr",
+    "runtime.mapassign_faststr",
+    "runtime.mapaccess2",
+    "runtime.heapBitsSetType",
+    "runtime.(*mcache).nextFree",
+    "runtime.(*mcache).refill",
+    "runtime.(*mcentral).cacheSpan",
+    "runtime.(*mheap).alloc",
+    "runtime.lock2",
+    "runtime.unlock2",
+    "runtime.chansend",
+    "runtime.chanrecv",
+    "runtime.selectgo",
+    "runtime.gopark",
+    "runtime.goready",
+    "runtime.runqgrab",
+    "runtime.stealWork",
+    "runtime.casgstatus",
+    "runtime.(*gcWork).tryGet",
+    "runtime.wbBufFlush1",
+    "runtime.bulkBarrierPreWrite",
+    "runtime.typedmemmove",
+    "runtime.concatstrings",
+    "runtime.slicebytetostring",
+    "runtime.convTstring",
+    "runtime.assertE2I2",
+    "runtime.memequal",
+    "runtime.cmpstring",
+    "runtime.procyield",
+    "runtime.usleep",
+    "runtime.sysmon",
+    "runtime.retake",
+    "runtime.madvise",
+    "runtime.sweepone",
+    "runtime.(*sweepLocked).sweep",
+    "runtime.bgsweep",
+    "runtime.gcMarkDone",
+    "runtime.markroot",
+    "runtime.scanstack",
+    "runtime.scanframeworker",
+    "runtime.(*unwinder).next",
+    "runtime.pcvalue",
+    "runtime.step",
+    "runtime.findfunc",
+    "runtime.funcspdelta",
 ];
 
 const LIBC_NAMED: &[&str] = &[
-    "__GI___clone3", "start_thread", "__libc_start_call_main", "__libc_start_main_impl",
-    "__memmove_avx_unaligned_erms", "__memset_avx2_unaligned_erms", "__memcmp_avx2_movbe", "__strlen_avx2",
-    "malloc", "free", "_int_malloc", "_int_free", "malloc_consolidate", "sysmalloc", "__libc_recv",
-    "__libc_send", "__GI___writev", "__libc_read", "__libc_write", "epoll_wait", "__GI___poll",
-    "pthread_mutex_lock", "pthread_mutex_unlock", "__lll_lock_wait", "___pthread_cond_wait",
-    "__futex_abstimed_wait_common", "__GI___clock_gettime", "__nanosleep", "__sched_yield", "__GI_memcpy",
+    "__GI___clone3",
+    "start_thread",
+    "__libc_start_call_main",
+    "__libc_start_main_impl",
+    "__memmove_avx_unaligned_erms",
+    "__memset_avx2_unaligned_erms",
+    "__memcmp_avx2_movbe",
+    "__strlen_avx2",
+    "malloc",
+    "free",
+    "_int_malloc",
+    "_int_free",
+    "malloc_consolidate",
+    "sysmalloc",
+    "__libc_recv",
+    "__libc_send",
+    "__GI___writev",
+    "__libc_read",
+    "__libc_write",
+    "epoll_wait",
+    "__GI___poll",
+    "pthread_mutex_lock",
+    "pthread_mutex_unlock",
+    "__lll_lock_wait",
+    "___pthread_cond_wait",
+    "__futex_abstimed_wait_common",
+    "__GI___clock_gettime",
+    "__nanosleep",
+    "__sched_yield",
+    "__GI_memcpy",
 ];
 
 const LIBSTDCXX_NAMED: &[&str] = &[
@@ -324,16 +542,31 @@ const LIBSTDCXX_NAMED: &[&str] = &[
 ];
 
 const CXX_NAMESPACES: &[&str] = &[
-    "absl", "absl::container_internal", "absl::strings_internal", "google::protobuf",
-    "google::protobuf::internal", "grpc_core", "grpc_core::chttp2", "folly", "folly::io", "boost::asio::detail",
-    "rocksdb", "tcmalloc::tcmalloc_internal", "re2", "snappy", "fmt::v10::detail",
+    "absl",
+    "absl::container_internal",
+    "absl::strings_internal",
+    "google::protobuf",
+    "google::protobuf::internal",
+    "grpc_core",
+    "grpc_core::chttp2",
+    "folly",
+    "folly::io",
+    "boost::asio::detail",
+    "rocksdb",
+    "tcmalloc::tcmalloc_internal",
+    "re2",
+    "snappy",
+    "fmt::v10::detail",
 ];
 
 const CXX_ARGS: &[(&str, &str)] = &[
     ("", "v"),
     ("unsigned long", "m"),
     ("int", "i"),
-    ("std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> > const&", "RKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE"),
+    (
+        "std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> > const&",
+        "RKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE",
+    ),
     ("absl::string_view", "N4absl11string_viewE"),
     ("void*", "Pv"),
     ("long, long", "ll"),
@@ -363,7 +596,9 @@ fn camel(rng: &mut StdRng) -> String {
 }
 
 fn hex_id(rng: &mut StdRng, bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
 }
 
 /// An Itanium-ABI-like mangled name for `a::b::C::method(args)`.
@@ -385,9 +620,17 @@ fn go_name(rng: &mut StdRng, package: &str, file_root: &str) -> (String, String)
         0..=3 => format!("{package}.(*{type_name}).{}", capitalize(&camel(rng))),
         4..=5 => format!("{package}.{type_name}.{}", capitalize(&camel(rng))),
         6..=7 => format!("{package}.{}", camel(rng)),
-        _ => format!("{package}.(*{type_name}).{}.func{}", capitalize(&camel(rng)), rng.random_range(1..4)),
+        _ => format!(
+            "{package}.(*{type_name}).{}.func{}",
+            capitalize(&camel(rng)),
+            rng.random_range(1..4)
+        ),
     };
-    let file = format!("{file_root}/{package}/{}_{}.go", short.replace('.', "_"), pick(rng, NOUNS));
+    let file = format!(
+        "{file_root}/{package}/{}_{}.go",
+        short.replace('.', "_"),
+        pick(rng, NOUNS)
+    );
     (name, file)
 }
 
@@ -401,7 +644,11 @@ fn cxx_name(rng: &mut StdRng, namespace: &str, file_root: &str) -> (String, Stri
     components.push(&class);
     components.push(&method);
     let system_name = mangle(&components, code);
-    let file = format!("{file_root}/{}/{}.cc", namespace.replace("::", "/"), class.to_lowercase());
+    let file = format!(
+        "{file_root}/{}/{}.cc",
+        namespace.replace("::", "/"),
+        class.to_lowercase()
+    );
     (name, system_name, file)
 }
 
@@ -455,7 +702,13 @@ impl UniverseBuilder {
     }
 }
 
-fn new_function(rng: &mut StdRng, family: Family, name: String, system_name: String, filename: String) -> FunctionDef {
+fn new_function(
+    rng: &mut StdRng,
+    family: Family,
+    name: String,
+    system_name: String,
+    filename: String,
+) -> FunctionDef {
     let size = 32u64 << rng.random_range(1..8);
     FunctionDef {
         name,
@@ -471,7 +724,9 @@ fn new_function(rng: &mut StdRng, family: Family, name: String, system_name: Str
 }
 
 fn build_universe(spec: &FleetSpec, rng: &mut StdRng) -> Universe {
-    let languages: Vec<Lang> = (0..spec.services).map(|index| SERVICE_TEMPLATES[index % SERVICE_TEMPLATES.len()].2).collect();
+    let languages: Vec<Lang> = (0..spec.services)
+        .map(|index| SERVICE_TEMPLATES[index % SERVICE_TEMPLATES.len()].2)
+        .collect();
     let total = spec.functions.max(400);
     // Shares of the shared families; the rest is split between the services.
     let quotas = [
@@ -485,8 +740,11 @@ fn build_universe(spec: &FleetSpec, rng: &mut StdRng) -> Universe {
     let per_service = ((total - shared) / spec.services.max(1)).max(20);
 
     let mut builder = UniverseBuilder::default();
-    let mut anchors =
-        Anchors { go_runtime: HashMap::new(), libc: HashMap::new(), libstdcxx: HashMap::new() };
+    let mut anchors = Anchors {
+        go_runtime: HashMap::new(),
+        libc: HashMap::new(),
+        libstdcxx: HashMap::new(),
+    };
     let go_root = "/usr/lib/go-1.22/src";
     let go_mod = "/root/go/pkg/mod";
 
@@ -499,15 +757,66 @@ fn build_universe(spec: &FleetSpec, rng: &mut StdRng) -> Universe {
         };
         for name in named {
             let (system_name, filename) = match family {
-                Family::GoRuntime => {
-                    (name.to_string(), format!("{go_root}/runtime/{}.go", pick(rng, &["proc", "malloc", "mgcmark", "mbitmap", "map_faststr", "lock_futex", "netpoll_epoll", "chan", "select", "traceback", "symtab"])))
-                }
-                Family::Libc => {
-                    (name.to_string(), format!("./{}", pick(rng, &["malloc/malloc.c", "nptl/pthread_create.c", "string/../sysdeps/x86_64/multiarch/memmove-vec-unaligned-erms.S", "sysdeps/unix/sysv/linux/recv.c", "nptl/futex-internal.c", "csu/libc-start.c", "nptl/pthread_mutex_lock.c"])))
-                }
+                Family::GoRuntime => (
+                    name.to_string(),
+                    format!(
+                        "{go_root}/runtime/{}.go",
+                        pick(
+                            rng,
+                            &[
+                                "proc",
+                                "malloc",
+                                "mgcmark",
+                                "mbitmap",
+                                "map_faststr",
+                                "lock_futex",
+                                "netpoll_epoll",
+                                "chan",
+                                "select",
+                                "traceback",
+                                "symtab"
+                            ]
+                        )
+                    ),
+                ),
+                Family::Libc => (
+                    name.to_string(),
+                    format!(
+                        "./{}",
+                        pick(
+                            rng,
+                            &[
+                                "malloc/malloc.c",
+                                "nptl/pthread_create.c",
+                                "string/../sysdeps/x86_64/multiarch/memmove-vec-unaligned-erms.S",
+                                "sysdeps/unix/sysv/linux/recv.c",
+                                "nptl/futex-internal.c",
+                                "csu/libc-start.c",
+                                "nptl/pthread_mutex_lock.c"
+                            ]
+                        )
+                    ),
+                ),
                 _ => {
                     let components: Vec<&str> = name.split('(').next().unwrap_or(name).split("::").collect();
-                    (mangle(&components, "v"), format!("/build/gcc-13/libstdc++-v3/src/c++11/{}.cc", pick(rng, &["thread", "string-inst", "tree", "hashtable_c++0x", "condition_variable", "ostream-inst", "locale"])))
+                    (
+                        mangle(&components, "v"),
+                        format!(
+                            "/build/gcc-13/libstdc++-v3/src/c++11/{}.cc",
+                            pick(
+                                rng,
+                                &[
+                                    "thread",
+                                    "string-inst",
+                                    "tree",
+                                    "hashtable_c++0x",
+                                    "condition_variable",
+                                    "ostream-inst",
+                                    "locale"
+                                ]
+                            )
+                        ),
+                    )
                 }
             };
             let function = new_function(rng, family, name.to_string(), system_name, filename);
@@ -534,17 +843,28 @@ fn build_universe(spec: &FleetSpec, rng: &mut StdRng) -> Universe {
                         go_name(rng, package, go_root)
                     } else {
                         let module = *pick(rng, GO_MODULES);
-                        let root = format!("{go_mod}/v1.{}.{}", rng.random_range(2..60), rng.random_range(0..9));
+                        let root = format!(
+                            "{go_mod}/v1.{}.{}",
+                            rng.random_range(2..60),
+                            rng.random_range(0..9)
+                        );
                         go_name(rng, module, &root)
                     };
                     new_function(rng, family, name.clone(), name, file)
                 }
                 Family::Libc => {
                     let name = format!("__{}_{}", pick(rng, VERBS), pick(rng, NOUNS));
-                    new_function(rng, family, name.clone(), name, "./misc/syscall-template.S".to_string())
+                    new_function(
+                        rng,
+                        family,
+                        name.clone(),
+                        name,
+                        "./misc/syscall-template.S".to_string(),
+                    )
                 }
                 Family::LibStdCxx => {
-                    let (name, system_name, file) = cxx_name(rng, "std::__detail", "/build/gcc-13/libstdc++-v3/include");
+                    let (name, system_name, file) =
+                        cxx_name(rng, "std::__detail", "/build/gcc-13/libstdc++-v3/include");
                     new_function(rng, family, name, system_name, file)
                 }
                 Family::CxxLibrary => {
@@ -560,14 +880,29 @@ fn build_universe(spec: &FleetSpec, rng: &mut StdRng) -> Universe {
     for (service, lang) in languages.iter().enumerate() {
         let (name, _, _) = SERVICE_TEMPLATES[service % SERVICE_TEMPLATES.len()];
         let family = Family::App(service);
-        let packages: Vec<String> = (0..12).map(|_| format!("{}{}", pick(rng, NOUNS), pick(rng, &["", "s", "store", "svc", "util"]))).collect();
+        let packages: Vec<String> = (0..12)
+            .map(|_| {
+                format!(
+                    "{}{}",
+                    pick(rng, NOUNS),
+                    pick(rng, &["", "s", "store", "svc", "util"])
+                )
+            })
+            .collect();
         let mut attempts = 0;
         while builder.count(family) < per_service && attempts < per_service * 20 {
             attempts += 1;
             let package = pick(rng, &packages).clone();
             let function = match lang {
                 Lang::Go => {
-                    let module = format!("github.com/acme/{name}{}", if service >= SERVICE_TEMPLATES.len() { format!("{service}") } else { String::new() });
+                    let module = format!(
+                        "github.com/acme/{name}{}",
+                        if service >= SERVICE_TEMPLATES.len() {
+                            format!("{service}")
+                        } else {
+                            String::new()
+                        }
+                    );
                     let (name, file) = go_name(rng, &format!("{module}/internal/{package}"), "/build");
                     new_function(rng, family, name.clone(), name, file)
                 }
@@ -582,7 +917,11 @@ fn build_universe(spec: &FleetSpec, rng: &mut StdRng) -> Universe {
     }
 
     // Call sites, inlining and callees.
-    let UniverseBuilder { mut functions, by_family, .. } = builder;
+    let UniverseBuilder {
+        mut functions,
+        by_family,
+        ..
+    } = builder;
     let family_of: Vec<Family> = functions.iter().map(|function| function.family).collect();
     for index in 0..functions.len() {
         let family = family_of[index];
@@ -598,7 +937,9 @@ fn build_universe(spec: &FleetSpec, rng: &mut StdRng) -> Universe {
             },
         };
         let same_pool = &by_family[&same_family];
-        let same: Vec<u32> = (0..rng.random_range(2..7)).map(|_| *pick(rng, same_pool)).collect();
+        let same: Vec<u32> = (0..rng.random_range(2..7))
+            .map(|_| *pick(rng, same_pool))
+            .collect();
         let mut down = Vec::new();
         for down_family in &down_families {
             let pool = &by_family[down_family];
@@ -616,17 +957,28 @@ fn build_universe(spec: &FleetSpec, rng: &mut StdRng) -> Universe {
             if rng.random_bool(0.15) {
                 for _ in 0..rng.random_range(1..3) {
                     let callee = *pick(rng, same_pool);
-                    inlined.push((callee, functions[callee as usize].start_line + rng.random_range(1..12)));
+                    inlined.push((
+                        callee,
+                        functions[callee as usize].start_line + rng.random_range(1..12),
+                    ));
                 }
             }
-            sites.push(Site { offset: rng.random_range(4..size.max(8)), line: start_line + rng.random_range(1..160), inlined });
+            sites.push(Site {
+                offset: rng.random_range(4..size.max(8)),
+                line: start_line + rng.random_range(1..160),
+                inlined,
+            });
         }
         let function = &mut functions[index];
         function.same = same;
         function.down = down;
         function.sites = sites;
     }
-    Universe { functions, by_family, anchors }
+    Universe {
+        functions,
+        by_family,
+        anchors,
+    }
 }
 
 // ------------------------------------------------------------------ services
@@ -639,7 +991,13 @@ struct AddressSpace {
 
 /// Lays out the functions of `families` in a mapping starting at `start`; returns
 /// the end address.
-fn place(universe: &Universe, families: &[Family], mapping: usize, start: u64, space: &mut AddressSpace) -> u64 {
+fn place(
+    universe: &Universe,
+    families: &[Family],
+    mapping: usize,
+    start: u64,
+    space: &mut AddressSpace,
+) -> u64 {
     let mut address = start + 0x1000;
     for family in families {
         for function in universe.by_family.get(family).into_iter().flatten() {
@@ -651,17 +1009,34 @@ fn place(universe: &Universe, families: &[Family], mapping: usize, start: u64, s
     address
 }
 
-fn build_service(spec: &FleetSpec, universe: &Universe, index: usize, shared_ids: &[String; 2], rng: &mut StdRng) -> Service {
+fn build_service(
+    spec: &FleetSpec,
+    universe: &Universe,
+    index: usize,
+    shared_ids: &[String; 2],
+    rng: &mut StdRng,
+) -> Service {
     let (template, namespace, lang) = SERVICE_TEMPLATES[index % SERVICE_TEMPLATES.len()];
-    let name =
-        if index < SERVICE_TEMPLATES.len() { template.to_string() } else { format!("{template}-{index}") };
+    let name = if index < SERVICE_TEMPLATES.len() {
+        template.to_string()
+    } else {
+        format!("{template}-{index}")
+    };
     let app = Family::App(index);
-    let mut space = AddressSpace { placed: HashMap::new() };
+    let mut space = AddressSpace {
+        placed: HashMap::new(),
+    };
     let mut mappings = Vec::new();
     match lang {
         Lang::Go => {
             // A non-PIE Go binary: runtime, libraries and application code in one text segment.
-            let end = place(universe, &[Family::GoRuntime, Family::GoLibrary, app], 0, 0x400000, &mut space);
+            let end = place(
+                universe,
+                &[Family::GoRuntime, Family::GoLibrary, app],
+                0,
+                0x400000,
+                &mut space,
+            );
             mappings.push(MappingDef {
                 memory_start: 0x400000,
                 memory_limit: (end + 0xfff) & !0xfff,
@@ -720,7 +1095,11 @@ fn build_service(spec: &FleetSpec, universe: &Universe, index: usize, shared_ids
                     memory_limit: start + 0x2_0000,
                     file_offset: 0,
                     filename: filename.to_string(),
-                    build_id: if filename.starts_with('[') { String::new() } else { hex_id(rng, 20) },
+                    build_id: if filename.starts_with('[') {
+                        String::new()
+                    } else {
+                        hex_id(rng, 20)
+                    },
                     has_code: false,
                 });
             }
@@ -739,24 +1118,74 @@ fn build_service(spec: &FleetSpec, universe: &Universe, index: usize, shared_ids
     match lang {
         Lang::Go => {
             for _ in 0..4 {
-                roots.push((vec![runtime("runtime.goexit"), *pick(rng, libraries), *pick(rng, libraries), *pick(rng, apps)], 15));
+                roots.push((
+                    vec![
+                        runtime("runtime.goexit"),
+                        *pick(rng, libraries),
+                        *pick(rng, libraries),
+                        *pick(rng, apps),
+                    ],
+                    15,
+                ));
             }
             for _ in 0..2 {
                 roots.push((vec![runtime("runtime.goexit"), *pick(rng, apps)], 8));
             }
-            roots.push((vec![runtime("runtime.goexit"), runtime("runtime.gcBgMarkWorker"), runtime("runtime.systemstack"), runtime("runtime.gcDrain")], 12));
-            roots.push((vec![runtime("runtime.mstart"), runtime("runtime.mstart0"), runtime("runtime.mstart1"), runtime("runtime.schedule"), runtime("runtime.findRunnable")], 4));
+            roots.push((
+                vec![
+                    runtime("runtime.goexit"),
+                    runtime("runtime.gcBgMarkWorker"),
+                    runtime("runtime.systemstack"),
+                    runtime("runtime.gcDrain"),
+                ],
+                12,
+            ));
+            roots.push((
+                vec![
+                    runtime("runtime.mstart"),
+                    runtime("runtime.mstart0"),
+                    runtime("runtime.mstart1"),
+                    runtime("runtime.schedule"),
+                    runtime("runtime.findRunnable"),
+                ],
+                4,
+            ));
             roots.push((vec![runtime("runtime.main"), *pick(rng, apps)], 2));
         }
         Lang::Cpp => {
             let thread_start = universe.anchors.libstdcxx["execute_native_thread_routine"];
             for _ in 0..4 {
-                roots.push((vec![libc("__GI___clone3"), libc("start_thread"), thread_start, *pick(rng, libraries), *pick(rng, apps)], 18));
+                roots.push((
+                    vec![
+                        libc("__GI___clone3"),
+                        libc("start_thread"),
+                        thread_start,
+                        *pick(rng, libraries),
+                        *pick(rng, apps),
+                    ],
+                    18,
+                ));
             }
             for _ in 0..2 {
-                roots.push((vec![libc("__GI___clone3"), libc("start_thread"), *pick(rng, libraries), *pick(rng, libraries), *pick(rng, apps)], 10));
+                roots.push((
+                    vec![
+                        libc("__GI___clone3"),
+                        libc("start_thread"),
+                        *pick(rng, libraries),
+                        *pick(rng, libraries),
+                        *pick(rng, apps),
+                    ],
+                    10,
+                ));
             }
-            roots.push((vec![libc("__libc_start_main_impl"), libc("__libc_start_call_main"), *pick(rng, apps)], 3));
+            roots.push((
+                vec![
+                    libc("__libc_start_main_impl"),
+                    libc("__libc_start_call_main"),
+                    *pick(rng, apps),
+                ],
+                3,
+            ));
         }
     }
     let root_weight: u32 = roots.iter().map(|(_, weight)| weight).sum();
@@ -799,7 +1228,9 @@ fn build_service(spec: &FleetSpec, universe: &Universe, index: usize, shared_ids
                 3..=6 => 0.25,
                 _ => 0.06,
             };
-            let next = if !function.down.is_empty() && (function.same.is_empty() || rng.random_bool(down_probability)) {
+            let next = if !function.down.is_empty()
+                && (function.same.is_empty() || rng.random_bool(down_probability))
+            {
                 *pick(rng, &function.down)
             } else {
                 *pick(rng, &function.same)
@@ -823,7 +1254,11 @@ fn build_service(spec: &FleetSpec, universe: &Universe, index: usize, shared_ids
                     let site_def = &definition.sites[site];
                     let mut lines = site_def.inlined.clone();
                     lines.push((*function, site_def.line));
-                    locations.push(LocationDef { mapping, address: entry_address + site_def.offset, lines });
+                    locations.push(LocationDef {
+                        mapping,
+                        address: entry_address + site_def.offset,
+                        lines,
+                    });
                     *entry.insert((locations.len() - 1) as u32)
                 }
             };
@@ -835,14 +1270,23 @@ fn build_service(spec: &FleetSpec, universe: &Universe, index: usize, shared_ids
             stacks.push(stack);
         }
     }
-    Service { name, namespace: namespace.to_string(), lang, mappings, locations, stacks }
+    Service {
+        name,
+        namespace: namespace.to_string(),
+        lang,
+        mappings,
+        locations,
+        stacks,
+    }
 }
 
 /// A Kubernetes-like pod name.
 fn pod_name(rng: &mut StdRng, service: &str) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut suffix = |length: usize| -> String {
-        (0..length).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+        (0..length)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect()
     };
     let replica_set = suffix(10);
     let pod = suffix(5);
@@ -855,8 +1299,9 @@ impl Fleet {
         let mut rng = StdRng::seed_from_u64(spec.seed);
         let universe = build_universe(&spec, &mut rng);
         let shared_ids = [hex_id(&mut rng, 20), hex_id(&mut rng, 20)];
-        let services: Vec<Service> =
-            (0..spec.services).map(|index| build_service(&spec, &universe, index, &shared_ids, &mut rng)).collect();
+        let services: Vec<Service> = (0..spec.services)
+            .map(|index| build_service(&spec, &universe, index, &shared_ids, &mut rng))
+            .collect();
         let (low, high) = spec.cores;
         let series = (0..spec.series)
             .map(|index| {
@@ -865,7 +1310,8 @@ impl Fleet {
                 let instance = pod_name(&mut rng, &services[service].name);
                 let cores = (low.ln() + rng.random::<f64>() * (high.ln() - low.ln())).exp();
                 // Away from the interval's edges, so jitter never moves a profile out of its interval.
-                let phase_nanos = rng.random_range(50_000_000..spec.interval_secs as i64 * 1_000_000_000 - 50_000_000);
+                let phase_nanos =
+                    rng.random_range(50_000_000..spec.interval_secs as i64 * 1_000_000_000 - 50_000_000);
                 let mut labels = vec![
                     ("instance".to_string(), instance),
                     ("namespace".to_string(), services[service].namespace.clone()),
@@ -883,7 +1329,12 @@ impl Fleet {
                 }
             })
             .collect();
-        Fleet { spec, functions: universe.functions, services, series }
+        Fleet {
+            spec,
+            functions: universe.functions,
+            services,
+            series,
+        }
     }
 
     /// Number of functions in the universe.
@@ -895,12 +1346,16 @@ impl Fleet {
     pub fn series_profiles(&self, index: usize) -> Vec<GeneratedProfile> {
         let series = &self.series[index];
         let service = &self.services[series.service];
-        let mut rng = StdRng::seed_from_u64(self.spec.seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(index as u64 + 1));
-        let zipf = Zipf::new(service.stacks.len() as f64, self.spec.zipf_exponent).expect("valid zipf parameters");
+        let mut rng =
+            StdRng::seed_from_u64(self.spec.seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(index as u64 + 1));
+        let zipf =
+            Zipf::new(service.stacks.len() as f64, self.spec.zipf_exponent).expect("valid zipf parameters");
         let interval_nanos = self.spec.interval_secs as i64 * 1_000_000_000;
         let mut profiles = Vec::with_capacity(self.spec.profiles_per_series());
         for tick in 0..self.spec.profiles_per_series() {
-            let ticks = (series.ticks_per_profile * rng.random_range(0.85..1.15)).round().max(1.0) as u32;
+            let ticks = (series.ticks_per_profile * rng.random_range(0.85..1.15))
+                .round()
+                .max(1.0) as u32;
             // Ticks in arrival order; identical stacks aggregate into one sample.
             let mut counts: Vec<(u32, u32)> = Vec::new();
             let mut position: HashMap<u32, usize> = HashMap::new();
@@ -926,11 +1381,13 @@ impl Fleet {
             let mut encoder = GzEncoder::new(Vec::with_capacity(raw.len() / 2), Compression::fast());
             encoder.write_all(&raw).expect("writing to a Vec cannot fail");
             let gzipped = encoder.finish().expect("writing to a Vec cannot fail");
-            let frames = counts.iter().map(|(stack, _)| service.stacks[*stack as usize].len() as u64).sum();
+            let frames = counts
+                .iter()
+                .map(|(stack, _)| service.stacks[*stack as usize].len() as u64)
+                .sum();
             profiles.push(GeneratedProfile {
                 series: index as u32,
                 tick: tick as u32,
-                time_nanos,
                 gzipped,
                 raw_bytes: raw.len() as u32,
                 samples: counts.len() as u32,
@@ -942,10 +1399,22 @@ impl Fleet {
     }
 
     /// Builds a pprof the way Go's `runtime/pprof` does for a CPU profile.
-    fn pprof(&self, service: &Service, counts: &[(u32, u32)], time_nanos: i64, duration_nanos: i64) -> pb::Profile {
+    fn pprof(
+        &self,
+        service: &Service,
+        counts: &[(u32, u32)],
+        time_nanos: i64,
+        duration_nanos: i64,
+    ) -> pb::Profile {
         let mut strings = StringTable::default();
-        let samples_type = pb::ValueType { r#type: strings.id("samples"), unit: strings.id("count") };
-        let cpu_type = pb::ValueType { r#type: strings.id("cpu"), unit: strings.id("nanoseconds") };
+        let samples_type = pb::ValueType {
+            r#type: strings.id("samples"),
+            unit: strings.id("count"),
+        };
+        let cpu_type = pb::ValueType {
+            r#type: strings.id("cpu"),
+            unit: strings.id("nanoseconds"),
+        };
         let mut location_ids: HashMap<u32, u64> = HashMap::new();
         let mut function_ids: HashMap<u32, u64> = HashMap::new();
         let mut locations = Vec::new();
@@ -973,7 +1442,11 @@ impl Fleet {
                                 });
                                 next_function
                             });
-                            pb::Line { function_id, line: *line, column: 0 }
+                            pb::Line {
+                                function_id,
+                                line: *line,
+                                column: 0,
+                            }
                         })
                         .collect();
                     locations.push(pb::Location {
@@ -1016,7 +1489,10 @@ impl Fleet {
             mapping,
             location: locations,
             function: functions,
-            period_type: Some(pb::ValueType { r#type: strings.id("cpu"), unit: strings.id("nanoseconds") }),
+            period_type: Some(pb::ValueType {
+                r#type: strings.id("cpu"),
+                unit: strings.id("nanoseconds"),
+            }),
             period: PERIOD_NANOS,
             time_nanos,
             duration_nanos,
@@ -1034,7 +1510,10 @@ struct StringTable {
 
 impl Default for StringTable {
     fn default() -> Self {
-        StringTable { strings: vec![String::new()], index: HashMap::from([(String::new(), 0)]) }
+        StringTable {
+            strings: vec![String::new()],
+            index: HashMap::from([(String::new(), 0)]),
+        }
     }
 }
 
@@ -1066,7 +1545,10 @@ pub fn generate_profiles(fleet: &Fleet, threads: usize) -> Vec<GeneratedProfile>
                 })
             })
             .collect();
-        handles.into_iter().map(|handle| handle.join().expect("a generator thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("a generator thread panicked"))
+            .collect()
     });
     let mut all: Vec<GeneratedProfile> = per_thread.iter_mut().flat_map(std::mem::take).collect();
     all.sort_by_key(|profile| (profile.tick, profile.series));

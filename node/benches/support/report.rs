@@ -15,12 +15,17 @@ pub struct Table {
 impl Table {
     /// A table with a title and column headers.
     pub fn new(title: &str, header: &[&str]) -> Table {
-        Table { title: title.to_string(), header: header.iter().map(|cell| cell.to_string()).collect(), rows: Vec::new() }
+        Table {
+            title: title.to_string(),
+            header: header.iter().map(|cell| cell.to_string()).collect(),
+            rows: Vec::new(),
+        }
     }
 
     /// Appends a row.
     pub fn row<S: AsRef<str>>(&mut self, cells: &[S]) {
-        self.rows.push(cells.iter().map(|cell| cell.as_ref().to_string()).collect());
+        self.rows
+            .push(cells.iter().map(|cell| cell.as_ref().to_string()).collect());
     }
 
     /// Renders the table as Markdown-compatible text.
@@ -99,7 +104,7 @@ pub fn count(value: u64) -> String {
     let digits = value.to_string();
     let mut text = String::new();
     for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
             text.push(',');
         }
         text.push(digit);
@@ -147,7 +152,12 @@ fn parse_stat(text: &str) -> Option<(String, CpuTime)> {
     // After the name: state is field 3, utime 14, stime 15.
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((name, CpuTime { seconds: (utime + stime) / USER_HZ }))
+    Some((
+        name,
+        CpuTime {
+            seconds: (utime + stime) / USER_HZ,
+        },
+    ))
 }
 
 /// CPU time of the whole process (live and exited threads).
@@ -159,6 +169,32 @@ pub fn process_cpu() -> CpuTime {
         .unwrap_or_default()
 }
 
+/// Busy CPU seconds of the whole machine, all processes (from `/proc/stat`).
+pub fn machine_busy_cpu() -> CpuTime {
+    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
+        return CpuTime::default();
+    };
+    let Some(line) = text.lines().find(|line| line.starts_with("cpu ")) else {
+        return CpuTime::default();
+    };
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait are busy.
+    let busy: f64 = fields
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(index, _)| *index != 3 && *index != 4)
+        .map(|(_, value)| value)
+        .sum();
+    CpuTime {
+        seconds: busy / USER_HZ,
+    }
+}
+
 /// CPU time of every live thread of the process, by thread id: `(name, time)`.
 pub fn thread_cpu() -> HashMap<u64, (String, CpuTime)> {
     let mut threads = HashMap::new();
@@ -166,10 +202,17 @@ pub fn thread_cpu() -> HashMap<u64, (String, CpuTime)> {
         return threads;
     };
     for entry in entries.flatten() {
-        let Some(tid) = entry.file_name().to_str().and_then(|name| name.parse::<u64>().ok()) else {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u64>().ok())
+        else {
             continue;
         };
-        if let Some(parsed) = std::fs::read_to_string(entry.path().join("stat")).ok().and_then(|text| parse_stat(&text)) {
+        if let Some(parsed) = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|text| parse_stat(&text))
+        {
             threads.insert(tid, parsed);
         }
     }
@@ -242,12 +285,15 @@ pub fn filesystem_of(path: &Path) -> String {
             }
         }
     }
-    best.map(|(_, description)| description).unwrap_or_else(|| "unknown".to_string())
+    best.map(|(_, description)| description)
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 /// CPU model and count, from `/proc/cpuinfo`.
 pub fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|count| count.get())
+        .unwrap_or(1);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|text| {

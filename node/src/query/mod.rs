@@ -84,14 +84,21 @@ pub struct TimeRange {
 impl TimeRange {
     /// Checks a selection's range; an `end` of 0 means now.
     pub fn from_selection(selection: &api::Selection) -> Result<TimeRange, NodeError> {
-        let end_unix_ms = if selection.end_unix_ms == 0 { unix_millis_now() } else { selection.end_unix_ms };
+        let end_unix_ms = if selection.end_unix_ms == 0 {
+            unix_millis_now()
+        } else {
+            selection.end_unix_ms
+        };
         if selection.start_unix_ms > end_unix_ms {
             return Err(NodeError::InvalidArgument(format!(
                 "invalid time range: start ({}) is after end ({end_unix_ms})",
                 selection.start_unix_ms
             )));
         }
-        Ok(TimeRange { start_unix_ms: selection.start_unix_ms, end_unix_ms })
+        Ok(TimeRange {
+            start_unix_ms: selection.start_unix_ms,
+            end_unix_ms,
+        })
     }
 
     fn start_nanos(&self) -> i64 {
@@ -135,7 +142,11 @@ fn tree_to_api(tree: &StackTree) -> api::StackTree {
             let node = tree.nodes()[*index as usize];
             api::TreeNode {
                 frame: node.frame,
-                parent: if *index == 0 { -1 } else { position[node.parent as usize] },
+                parent: if *index == 0 {
+                    -1
+                } else {
+                    position[node.parent as usize]
+                },
                 self_: node.self_value,
                 total: node.total,
                 baseline_self: node.baseline_self,
@@ -143,11 +154,18 @@ fn tree_to_api(tree: &StackTree) -> api::StackTree {
             }
         })
         .collect();
-    api::StackTree { frames: tree.frames().iter().map(frame_to_api).collect(), nodes }
+    api::StackTree {
+        frames: tree.frames().iter().map(frame_to_api).collect(),
+        nodes,
+    }
 }
 
 fn frame_to_api(frame: &kiln_model::tree::Frame) -> api::Frame {
-    api::Frame { function: frame.function.clone(), file: frame.file.clone(), binary: frame.binary.clone() }
+    api::Frame {
+        function: frame.function.clone(),
+        file: frame.file.clone(),
+        binary: frame.binary.clone(),
+    }
 }
 
 fn top_to_api(tree: &StackTree, rows: &[TopEntry]) -> api::Top {
@@ -169,7 +187,11 @@ fn truncation_to_api(report: TruncationReport, rows_removed: u64) -> Option<api:
     if report.nodes_removed == 0 && rows_removed == 0 {
         return None;
     }
-    Some(api::Truncation { nodes_removed: report.nodes_removed, value_removed: report.value_removed, rows_removed })
+    Some(api::Truncation {
+        nodes_removed: report.nodes_removed,
+        value_removed: report.value_removed,
+        rows_removed,
+    })
 }
 
 fn limit_rows(mut rows: Vec<TopEntry>, limit: u32) -> (Vec<TopEntry>, u64) {
@@ -182,12 +204,17 @@ fn limit_rows(mut rows: Vec<TopEntry>, limit: u32) -> (Vec<TopEntry>, u64) {
 }
 
 fn complete_coverage() -> Option<api::Coverage> {
-    Some(api::Coverage { groups_total: 1, missing: Vec::new() })
+    Some(api::Coverage {
+        groups_total: 1,
+        missing: Vec::new(),
+    })
 }
 
 fn check_fraction(fraction: f64) -> Result<f64, NodeError> {
     if !(0.0..1.0).contains(&fraction) || fraction.is_nan() {
-        return Err(NodeError::InvalidArgument(format!("min_node_fraction must be in [0, 1), got {fraction}")));
+        return Err(NodeError::InvalidArgument(format!(
+            "min_node_fraction must be in [0, 1), got {fraction}"
+        )));
     }
     Ok(fraction)
 }
@@ -221,7 +248,11 @@ pub struct QueryEngine {
 impl QueryEngine {
     /// An engine reading `group` of `storage`.
     pub fn new(storage: Storage, group: GroupId, metrics: Arc<Metrics>) -> Self {
-        QueryEngine { storage, group, metrics }
+        QueryEngine {
+            storage,
+            group,
+            metrics,
+        }
     }
 
     fn observe<T>(&self, kind: &str, run: impl FnOnce() -> Result<T, NodeError>) -> Result<T, NodeError> {
@@ -229,7 +260,9 @@ impl QueryEngine {
         let result = run();
         self.metrics
             .query_seconds
-            .get_or_create(&QueryLabels { kind: kind.to_string() })
+            .get_or_create(&QueryLabels {
+                kind: kind.to_string(),
+            })
             .observe(started.elapsed().as_secs_f64());
         if let Err(error) = &result {
             self.metrics.count_error(kind, error.grpc_code());
@@ -329,10 +362,17 @@ impl QueryEngine {
                 contributing.insert(ordinal);
             }
         }
-        Ok(MergedStacks { values: accumulated.into_pairs(), profiles, series: contributing.len() })
+        Ok(MergedStacks {
+            values: accumulated.into_pairs(),
+            profiles,
+            series: contributing.len(),
+        })
     }
 
-    fn merged_tree(&self, selection: &api::Selection) -> Result<(ProfileType, MergedStacks, ResolvedSymbols, StackTree, TimeRange), NodeError> {
+    fn merged_tree(
+        &self,
+        selection: &api::Selection,
+    ) -> Result<(ProfileType, MergedStacks, ResolvedSymbols, StackTree, TimeRange), NodeError> {
         let range = TimeRange::from_selection(selection)?;
         let selector = self.parse(&selection.selector)?;
         let profile_type = selector.require_profile_type().map_err(NodeError::from)?.clone();
@@ -347,11 +387,14 @@ impl QueryEngine {
     /// Merge: a flame graph tree, top table, pprof, folded text or SVG.
     pub fn merge(&self, request: &api::MergeRequest) -> Result<api::MergeResponse, NodeError> {
         self.observe("merge", || {
-            let selection =
-                request.selection.as_ref().ok_or_else(|| NodeError::InvalidArgument("selection is required".into()))?;
+            let selection = request
+                .selection
+                .as_ref()
+                .ok_or_else(|| NodeError::InvalidArgument("selection is required".into()))?;
             let min_fraction = check_fraction(request.min_node_fraction)?;
-            let format = api::MergeFormat::try_from(request.format)
-                .map_err(|_| NodeError::InvalidArgument(format!("unknown merge format {}", request.format)))?;
+            let format = api::MergeFormat::try_from(request.format).map_err(|_| {
+                NodeError::InvalidArgument(format!("unknown merge format {}", request.format))
+            })?;
             let (profile_type, merged, symbols, tree, range) = self.merged_tree(selection)?;
             let mut truncation = None;
             let result = match format {
@@ -400,7 +443,9 @@ impl QueryEngine {
     pub fn diff(&self, request: &api::DiffRequest) -> Result<api::DiffResponse, NodeError> {
         self.observe("diff", || {
             let (Some(selection_a), Some(selection_b)) = (&request.a, &request.b) else {
-                return Err(NodeError::InvalidArgument("a diff needs selections a and b".into()));
+                return Err(NodeError::InvalidArgument(
+                    "a diff needs selections a and b".into(),
+                ));
             };
             let min_fraction = check_fraction(request.min_node_fraction)?;
             let (type_a, _, _, tree_a, _) = self.merged_tree(selection_a)?;
@@ -431,14 +476,20 @@ impl QueryEngine {
     /// Range: value per step per series, or summed by labels.
     pub fn range(&self, request: &api::RangeRequest) -> Result<api::RangeResponse, NodeError> {
         self.observe("range", || {
-            let selection =
-                request.selection.as_ref().ok_or_else(|| NodeError::InvalidArgument("selection is required".into()))?;
+            let selection = request
+                .selection
+                .as_ref()
+                .ok_or_else(|| NodeError::InvalidArgument("selection is required".into()))?;
             let range = TimeRange::from_selection(selection)?;
             if request.step_ms < 0 {
                 return Err(NodeError::InvalidArgument("step_ms must not be negative".into()));
             }
             let span = range.end_unix_ms - range.start_unix_ms;
-            let step_ms = if request.step_ms == 0 { (span / 100).max(1000) } else { request.step_ms };
+            let step_ms = if request.step_ms == 0 {
+                (span / 100).max(1000)
+            } else {
+                request.step_ms
+            };
             // Only buckets holding data are returned, so the answer is bounded by the
             // data read, whatever the step.
             let selector = self.parse(&selection.selector)?;
@@ -449,8 +500,13 @@ impl QueryEngine {
             self.scan_blocks(&ordinals, range, |ordinal, time, block| {
                 let (_, total) = decode_block_header(block)?;
                 let time_ms = time.div_euclid(1_000_000);
-                let bucket = range.start_unix_ms + (time_ms - range.start_unix_ms).div_euclid(step_ms) * step_ms;
-                let slot = per_series.entry(ordinal).or_default().entry(bucket).or_insert((i64::MIN, 0));
+                let bucket =
+                    range.start_unix_ms + (time_ms - range.start_unix_ms).div_euclid(step_ms) * step_ms;
+                let slot = per_series
+                    .entry(ordinal)
+                    .or_default()
+                    .entry(bucket)
+                    .or_insert((i64::MIN, 0));
                 if profile_type.delta {
                     slot.1 = slot.1.wrapping_add(total);
                 } else if time >= slot.0 {
@@ -480,7 +536,10 @@ impl QueryEngine {
             let series = groups
                 .into_iter()
                 .map(|(labels, points)| api::RangeSeries {
-                    labels: labels.into_iter().map(|(name, value)| api::Label { name, value }).collect(),
+                    labels: labels
+                        .into_iter()
+                        .map(|(name, value)| api::Label { name, value })
+                        .collect(),
                     points: points
                         .into_iter()
                         .map(|(timestamp_ms, value)| api::Point { timestamp_ms, value })
@@ -506,11 +565,18 @@ impl QueryEngine {
             TimeRange::from_selection(selection)?;
         }
         let selector = if selection.selector.trim().is_empty() {
-            Selector { profile_type: None, matchers: Vec::new() }
+            Selector {
+                profile_type: None,
+                matchers: Vec::new(),
+            }
         } else {
             self.parse(&selection.selector)?
         };
-        let not_before = if selection.start_unix_ms > 0 { selection.start_unix_ms } else { i64::MIN };
+        let not_before = if selection.start_unix_ms > 0 {
+            selection.start_unix_ms
+        } else {
+            i64::MIN
+        };
         select::select_series(&self.storage, self.group, &selector, not_before)
     }
 
@@ -523,20 +589,33 @@ impl QueryEngine {
                 if name.starts_with("__") {
                     continue;
                 }
-                let any = self.storage.posting_values(self.group, &name)?.iter().any(|(_, bitmap)| !bitmap.is_disjoint(&selected));
+                let any = self
+                    .storage
+                    .posting_values(self.group, &name)?
+                    .iter()
+                    .any(|(_, bitmap)| !bitmap.is_disjoint(&selected));
                 if any {
                     names.push(name);
                 }
             }
-            Ok(api::LabelsResponse { names, coverage: complete_coverage() })
+            Ok(api::LabelsResponse {
+                names,
+                coverage: complete_coverage(),
+            })
         })
     }
 
     /// Values of one label among the selected series.
-    pub fn label_values(&self, request: &api::LabelValuesRequest) -> Result<api::LabelValuesResponse, NodeError> {
+    pub fn label_values(
+        &self,
+        request: &api::LabelValuesRequest,
+    ) -> Result<api::LabelValuesResponse, NodeError> {
         self.observe("values", || {
             if !kiln_model::labels::is_valid_label_name(&request.name) {
-                return Err(NodeError::InvalidArgument(format!("invalid label name {:?}", request.name)));
+                return Err(NodeError::InvalidArgument(format!(
+                    "invalid label name {:?}",
+                    request.name
+                )));
             }
             let selected = self.optional_selection(request.selection.as_ref())?;
             let values = self
@@ -546,7 +625,10 @@ impl QueryEngine {
                 .filter(|(_, bitmap)| !bitmap.is_disjoint(&selected))
                 .map(|(value, _)| value)
                 .collect();
-            Ok(api::LabelValuesResponse { values, coverage: complete_coverage() })
+            Ok(api::LabelValuesResponse {
+                values,
+                coverage: complete_coverage(),
+            })
         })
     }
 
@@ -568,25 +650,43 @@ impl QueryEngine {
             series.sort_by(|left, right| {
                 let key = |info: &api::SeriesInfo| {
                     (
-                        info.profile_type.as_ref().map(|profile_type| profile_type.id.clone()),
-                        info.labels.iter().map(|label| (label.name.clone(), label.value.clone())).collect::<Vec<_>>(),
+                        info.profile_type
+                            .as_ref()
+                            .map(|profile_type| profile_type.id.clone()),
+                        info.labels
+                            .iter()
+                            .map(|label| (label.name.clone(), label.value.clone()))
+                            .collect::<Vec<_>>(),
                     )
                 };
                 key(left).cmp(&key(right))
             });
-            Ok(api::SeriesResponse { series, coverage: complete_coverage() })
+            Ok(api::SeriesResponse {
+                series,
+                coverage: complete_coverage(),
+            })
         })
     }
 
     /// Profile types with at least one series (alive since `start` when given).
-    pub fn profile_types(&self, request: &api::ProfileTypesRequest) -> Result<api::ProfileTypesResponse, NodeError> {
+    pub fn profile_types(
+        &self,
+        request: &api::ProfileTypesRequest,
+    ) -> Result<api::ProfileTypesResponse, NodeError> {
         self.observe("types", || {
             let mut types = Vec::new();
-            for (id, bitmap) in self.storage.posting_values(self.group, keys::PROFILE_TYPE_POSTING)? {
+            for (id, bitmap) in self
+                .storage
+                .posting_values(self.group, keys::PROFILE_TYPE_POSTING)?
+            {
                 if request.start_unix_ms > 0 {
                     let mut alive = false;
                     for ordinal in &bitmap {
-                        if self.storage.series_last_seen(self.group, ordinal)?.is_some_and(|last| last >= request.start_unix_ms) {
+                        if self
+                            .storage
+                            .series_last_seen(self.group, ordinal)?
+                            .is_some_and(|last| last >= request.start_unix_ms)
+                        {
                             alive = true;
                             break;
                         }
@@ -595,15 +695,26 @@ impl QueryEngine {
                         continue;
                     }
                 }
-                let profile_type = ProfileType::parse(&id).map_err(|error| NodeError::Corrupt(error.to_string()))?;
+                let profile_type =
+                    ProfileType::parse(&id).map_err(|error| NodeError::Corrupt(error.to_string()))?;
                 types.push(profile_type_info(&profile_type));
             }
-            Ok(api::ProfileTypesResponse { types, coverage: complete_coverage() })
+            Ok(api::ProfileTypesResponse {
+                types,
+                coverage: complete_coverage(),
+            })
         })
     }
 }
 
 /// Converts a label set to API labels.
 pub fn labels_to_api(labels: &LabelSet) -> Vec<api::Label> {
-    labels.pairs().iter().map(|(name, value)| api::Label { name: name.clone(), value: value.clone() }).collect()
+    labels
+        .pairs()
+        .iter()
+        .map(|(name, value)| api::Label {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
 }

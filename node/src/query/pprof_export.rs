@@ -18,7 +18,10 @@ struct StringTable {
 
 impl StringTable {
     fn new() -> Self {
-        StringTable { strings: vec![String::new()], index: HashMap::from([(String::new(), 0)]) }
+        StringTable {
+            strings: vec![String::new()],
+            index: HashMap::from([(String::new(), 0)]),
+        }
     }
 
     fn intern(&mut self, text: &str) -> i64 {
@@ -51,7 +54,9 @@ pub fn export_pprof(
             unit: strings.intern(&profile_type.period_unit),
         }),
         time_nanos: start_unix_ms.saturating_mul(1_000_000),
-        duration_nanos: end_unix_ms.saturating_sub(start_unix_ms).saturating_mul(1_000_000),
+        duration_nanos: end_unix_ms
+            .saturating_sub(start_unix_ms)
+            .saturating_mul(1_000_000),
         ..wire::Profile::default()
     };
     let mut mapping_ids: HashMap<u64, u64> = HashMap::new();
@@ -68,7 +73,9 @@ pub fn export_pprof(
                 continue;
             }
             let Some(location) = symbols.locations.get(location_key) else {
-                return Err(NodeError::Internal(format!("location {location_key:#x} was not resolved")));
+                return Err(NodeError::Internal(format!(
+                    "location {location_key:#x} was not resolved"
+                )));
             };
             let mapping_id = match symbols.mappings.get(&location.mapping) {
                 None => 0,
@@ -100,14 +107,29 @@ pub fn export_pprof(
                     let function = symbols.functions.get(&line.function);
                     profile.function.push(wire::Function {
                         id: function_id,
-                        name: strings.intern(function.map(|function| symbols.string(function.name)).unwrap_or("")),
-                        system_name: strings
-                            .intern(function.map(|function| symbols.string(function.system_name)).unwrap_or("")),
-                        filename: strings.intern(function.map(|function| symbols.string(function.filename)).unwrap_or("")),
+                        name: strings.intern(
+                            function
+                                .map(|function| symbols.string(function.name))
+                                .unwrap_or(""),
+                        ),
+                        system_name: strings.intern(
+                            function
+                                .map(|function| symbols.string(function.system_name))
+                                .unwrap_or(""),
+                        ),
+                        filename: strings.intern(
+                            function
+                                .map(|function| symbols.string(function.filename))
+                                .unwrap_or(""),
+                        ),
                         start_line: function.map(|function| function.start_line).unwrap_or(0),
                     });
                 }
-                lines.push(wire::Line { function_id, line: line.line, column: line.column });
+                lines.push(wire::Line {
+                    function_id,
+                    line: line.line,
+                    column: line.column,
+                });
             }
             let id = location_ids.len() as u64 + 1;
             location_ids.insert(*location_key, id);
@@ -120,7 +142,11 @@ pub fn export_pprof(
             });
             sample_locations.push(id);
         }
-        profile.sample.push(wire::Sample { location_id: sample_locations, value: vec![*value], label: vec![] });
+        profile.sample.push(wire::Sample {
+            location_id: sample_locations,
+            value: vec![*value],
+            label: vec![],
+        });
     }
     profile.default_sample_type = profile.sample_type[0].r#type;
     profile.string_table = strings.strings;
@@ -128,5 +154,7 @@ pub fn export_pprof(
     encoder
         .write_all(&profile.encode_to_vec())
         .map_err(|error| NodeError::Internal(format!("gzip of the pprof failed: {error}")))?;
-    encoder.finish().map_err(|error| NodeError::Internal(format!("gzip of the pprof failed: {error}")))
+    encoder
+        .finish()
+        .map_err(|error| NodeError::Internal(format!("gzip of the pprof failed: {error}")))
 }

@@ -59,7 +59,10 @@ pub fn select_series(
     if not_before_unix_ms != i64::MIN && !selected.is_empty() {
         let mut alive = RoaringBitmap::new();
         for ordinal in &selected {
-            if storage.series_last_seen(group, ordinal)?.is_some_and(|last| last >= not_before_unix_ms) {
+            if storage
+                .series_last_seen(group, ordinal)?
+                .is_some_and(|last| last >= not_before_unix_ms)
+            {
                 alive.insert(ordinal);
             }
         }

@@ -39,7 +39,11 @@ impl ResolvedSymbols {
         location_ids.dedup();
         let mut function_ids = Vec::new();
         let mut mapping_ids = Vec::new();
-        for (id, bytes) in location_ids.iter().zip(storage.symbols(group, SymbolKind::Location, &location_ids)?) {
+        for (id, bytes) in
+            location_ids
+                .iter()
+                .zip(storage.symbols(group, SymbolKind::Location, &location_ids)?)
+        {
             let location = StoredLocation::decode(&bytes)?;
             function_ids.extend(location.lines.iter().map(|line| line.function));
             if location.mapping != 0 {
@@ -52,20 +56,32 @@ impl ResolvedSymbols {
         mapping_ids.sort_unstable();
         mapping_ids.dedup();
         let mut string_ids = Vec::new();
-        for (id, bytes) in function_ids.iter().zip(storage.symbols(group, SymbolKind::Function, &function_ids)?) {
+        for (id, bytes) in
+            function_ids
+                .iter()
+                .zip(storage.symbols(group, SymbolKind::Function, &function_ids)?)
+        {
             let function = StoredFunction::decode(&bytes)?;
             string_ids.extend([function.name, function.system_name, function.filename]);
             resolved.functions.insert(*id, function);
         }
-        for (id, bytes) in mapping_ids.iter().zip(storage.symbols(group, SymbolKind::Mapping, &mapping_ids)?) {
+        for (id, bytes) in
+            mapping_ids
+                .iter()
+                .zip(storage.symbols(group, SymbolKind::Mapping, &mapping_ids)?)
+        {
             let mapping = StoredMapping::decode(&bytes)?;
             string_ids.extend([mapping.filename, mapping.build_id]);
             resolved.mappings.insert(*id, mapping);
         }
         string_ids.sort_unstable();
         string_ids.dedup();
-        for (id, bytes) in string_ids.iter().zip(storage.symbols(group, SymbolKind::String, &string_ids)?) {
-            let text = String::from_utf8(bytes).map_err(|error| NodeError::Corrupt(format!("string {id:#x}: {error}")))?;
+        for (id, bytes) in string_ids
+            .iter()
+            .zip(storage.symbols(group, SymbolKind::String, &string_ids)?)
+        {
+            let text = String::from_utf8(bytes)
+                .map_err(|error| NodeError::Corrupt(format!("string {id:#x}: {error}")))?;
             resolved.strings.insert(*id, text);
         }
         Ok(resolved)
@@ -82,9 +98,17 @@ impl ResolvedSymbols {
         let Some(location) = self.locations.get(&location_id) else {
             return vec![Frame::named(format!("unknown location {location_id:#x}"))];
         };
-        let binary = self.mappings.get(&location.mapping).map(|mapping| self.string(mapping.filename)).unwrap_or("");
+        let binary = self
+            .mappings
+            .get(&location.mapping)
+            .map(|mapping| self.string(mapping.filename))
+            .unwrap_or("");
         if location.lines.is_empty() {
-            return vec![Frame { function: format!("{:#x}", location.address), file: String::new(), binary: binary.into() }];
+            return vec![Frame {
+                function: format!("{:#x}", location.address),
+                file: String::new(),
+                binary: binary.into(),
+            }];
         }
         location
             .lines
@@ -93,8 +117,14 @@ impl ResolvedSymbols {
             .map(|line| {
                 let function = self.functions.get(&line.function);
                 Frame {
-                    function: function.map(|function| self.string(function.name)).unwrap_or("").to_string(),
-                    file: function.map(|function| self.string(function.filename)).unwrap_or("").to_string(),
+                    function: function
+                        .map(|function| self.string(function.name))
+                        .unwrap_or("")
+                        .to_string(),
+                    file: function
+                        .map(|function| self.string(function.filename))
+                        .unwrap_or("")
+                        .to_string(),
                     binary: binary.to_string(),
                 }
             })
@@ -113,7 +143,10 @@ impl ResolvedSymbols {
             };
             for location_id in locations.iter().rev() {
                 let frames = frames_of_location.entry(*location_id).or_insert_with(|| {
-                    self.location_frames(*location_id).iter().map(|frame| tree.intern_frame(frame)).collect()
+                    self.location_frames(*location_id)
+                        .iter()
+                        .map(|frame| tree.intern_frame(frame))
+                        .collect()
                 });
                 path.extend_from_slice(frames);
             }

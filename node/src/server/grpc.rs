@@ -72,18 +72,27 @@ where
 
 #[tonic::async_trait]
 impl IngestService for GrpcApi {
-    async fn write(&self, request: Request<api::WriteRequest>) -> Result<Response<api::WriteResponse>, Status> {
+    async fn write(
+        &self,
+        request: Request<api::WriteRequest>,
+    ) -> Result<Response<api::WriteResponse>, Status> {
         Ok(Response::new(write(&self.state, request.into_inner()).await?))
     }
 }
 
 #[tonic::async_trait]
 impl QueryService for GrpcApi {
-    async fn merge(&self, request: Request<api::MergeRequest>) -> Result<Response<api::MergeResponse>, Status> {
+    async fn merge(
+        &self,
+        request: Request<api::MergeRequest>,
+    ) -> Result<Response<api::MergeResponse>, Status> {
         answer(&self.state, request, crate::query::QueryEngine::merge).await
     }
 
-    async fn range(&self, request: Request<api::RangeRequest>) -> Result<Response<api::RangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<api::RangeRequest>,
+    ) -> Result<Response<api::RangeResponse>, Status> {
         answer(&self.state, request, crate::query::QueryEngine::range).await
     }
 
@@ -91,19 +100,31 @@ impl QueryService for GrpcApi {
         answer(&self.state, request, crate::query::QueryEngine::diff).await
     }
 
-    async fn labels(&self, request: Request<api::LabelsRequest>) -> Result<Response<api::LabelsResponse>, Status> {
+    async fn labels(
+        &self,
+        request: Request<api::LabelsRequest>,
+    ) -> Result<Response<api::LabelsResponse>, Status> {
         answer(&self.state, request, crate::query::QueryEngine::labels).await
     }
 
-    async fn label_values(&self, request: Request<api::LabelValuesRequest>) -> Result<Response<api::LabelValuesResponse>, Status> {
+    async fn label_values(
+        &self,
+        request: Request<api::LabelValuesRequest>,
+    ) -> Result<Response<api::LabelValuesResponse>, Status> {
         answer(&self.state, request, crate::query::QueryEngine::label_values).await
     }
 
-    async fn series(&self, request: Request<api::SeriesRequest>) -> Result<Response<api::SeriesResponse>, Status> {
+    async fn series(
+        &self,
+        request: Request<api::SeriesRequest>,
+    ) -> Result<Response<api::SeriesResponse>, Status> {
         answer(&self.state, request, crate::query::QueryEngine::series).await
     }
 
-    async fn profile_types(&self, request: Request<api::ProfileTypesRequest>) -> Result<Response<api::ProfileTypesResponse>, Status> {
+    async fn profile_types(
+        &self,
+        request: Request<api::ProfileTypesRequest>,
+    ) -> Result<Response<api::ProfileTypesResponse>, Status> {
         answer(&self.state, request, crate::query::QueryEngine::profile_types).await
     }
 }

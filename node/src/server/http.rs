@@ -23,7 +23,8 @@ use crate::NodeState;
 impl IntoResponse for NodeError {
     fn into_response(self) -> Response {
         let status = self.http_status();
-        let body = serde_json::json!({ "error": self.to_string(), "code": format!("{:?}", self.grpc_code()) });
+        let body =
+            serde_json::json!({ "error": self.to_string(), "code": format!("{:?}", self.grpc_code()) });
         (status, Json(body)).into_response()
     }
 }
@@ -47,7 +48,13 @@ pub fn router(state: Arc<NodeState>, max_body_bytes: usize) -> Router {
 
 async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     state.metrics.disk_bytes.set(state.storage.disk_bytes() as i64);
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
 }
 
 fn time_parameter(value: Option<&String>, default: &str, name: &str, now: i64) -> Result<i64, NodeError> {
@@ -56,7 +63,11 @@ fn time_parameter(value: Option<&String>, default: &str, name: &str, now: i64) -
 }
 
 /// `selector`, `from` (default `-1h`), `to` (default `now`) of a query string.
-fn selection(parameters: &HashMap<String, String>, selector_key: &str, prefix: &str) -> Result<api::Selection, NodeError> {
+fn selection(
+    parameters: &HashMap<String, String>,
+    selector_key: &str,
+    prefix: &str,
+) -> Result<api::Selection, NodeError> {
     let now = now_unix_ms();
     let from_key = format!("{prefix}from");
     let to_key = format!("{prefix}to");
@@ -76,20 +87,30 @@ fn selection(parameters: &HashMap<String, String>, selector_key: &str, prefix: &
     })
 }
 
-fn number<T: std::str::FromStr>(parameters: &HashMap<String, String>, key: &str) -> Result<Option<T>, NodeError> {
+fn number<T: std::str::FromStr>(
+    parameters: &HashMap<String, String>,
+    key: &str,
+) -> Result<Option<T>, NodeError> {
     parameters
         .get(key)
-        .map(|text| text.parse::<T>().map_err(|_| NodeError::InvalidArgument(format!("{key}: not a number: {text:?}"))))
+        .map(|text| {
+            text.parse::<T>()
+                .map_err(|_| NodeError::InvalidArgument(format!("{key}: not a number: {text:?}")))
+        })
         .transpose()
 }
 
 fn options(parameters: &HashMap<String, String>) -> Option<api::QueryOptions> {
-    Some(api::QueryOptions { allow_partial: parameters.get("partial").is_some_and(|value| value == "true" || value == "1") })
+    Some(api::QueryOptions {
+        allow_partial: parameters
+            .get("partial")
+            .is_some_and(|value| value == "true" || value == "1"),
+    })
 }
 
+/// The named ingest parameters; labels come as `label.NAME=VALUE` pairs.
 #[derive(Debug, Deserialize)]
 struct IngestParameters {
-    /// Repeated `label=name=value` pairs are passed as one comma-free list per key.
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -109,7 +130,10 @@ async fn ingest(
     let labels: Vec<api::Label> = all
         .iter()
         .filter_map(|(key, value)| {
-            key.strip_prefix("label.").map(|name| api::Label { name: name.to_string(), value: value.clone() })
+            key.strip_prefix("label.").map(|name| api::Label {
+                name: name.to_string(),
+                value: value.clone(),
+            })
         })
         .collect();
     let default_time_unix_nanos = match &parameters.time {
@@ -175,12 +199,17 @@ async fn merge(
         Some(api::merge_response::Result::Pprof(bytes)) => (
             [
                 (header::CONTENT_TYPE, "application/octet-stream"),
-                (header::CONTENT_DISPOSITION, "attachment; filename=\"profile.pb.gz\""),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"profile.pb.gz\"",
+                ),
             ],
             bytes,
         )
             .into_response(),
-        Some(api::merge_response::Result::Svg(svg)) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
+        Some(api::merge_response::Result::Svg(svg)) => {
+            ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response()
+        }
         Some(api::merge_response::Result::Folded(text)) => {
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
         }
@@ -194,11 +223,19 @@ async fn range(
 ) -> Result<Json<json::RangeResult>, NodeError> {
     let step_ms = match parameters.get("step") {
         None => 0,
-        Some(text) => parse_duration_ms(text).map_err(|error| NodeError::InvalidArgument(format!("step: {error}")))?,
+        Some(text) => {
+            parse_duration_ms(text).map_err(|error| NodeError::InvalidArgument(format!("step: {error}")))?
+        }
     };
     let sum_by = parameters
         .get("sum_by")
-        .map(|text| text.split(',').map(str::trim).filter(|name| !name.is_empty()).map(String::from).collect())
+        .map(|text| {
+            text.split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default();
     let request = api::RangeRequest {
         selection: Some(selection(&parameters, "selector", "")?),
@@ -248,7 +285,10 @@ async fn labels(
     State(state): State<Arc<NodeState>>,
     Query(parameters): Query<HashMap<String, String>>,
 ) -> Result<Json<json::LabelsResult>, NodeError> {
-    let request = api::LabelsRequest { selection: optional_selection(&parameters)?, options: options(&parameters) };
+    let request = api::LabelsRequest {
+        selection: optional_selection(&parameters)?,
+        options: options(&parameters),
+    };
     let engine = state.engine.clone();
     let response = blocking(move || engine.labels(&request)).await?;
     Ok(Json(json::LabelsResult::from(&response)))
@@ -259,8 +299,11 @@ async fn label_values(
     Path(name): Path<String>,
     Query(parameters): Query<HashMap<String, String>>,
 ) -> Result<Json<json::LabelValuesResult>, NodeError> {
-    let request =
-        api::LabelValuesRequest { selection: optional_selection(&parameters)?, name, options: options(&parameters) };
+    let request = api::LabelValuesRequest {
+        selection: optional_selection(&parameters)?,
+        name,
+        options: options(&parameters),
+    };
     let engine = state.engine.clone();
     let response = blocking(move || engine.label_values(&request)).await?;
     Ok(Json(json::LabelValuesResult::from(&response)))
@@ -270,7 +313,10 @@ async fn series(
     State(state): State<Arc<NodeState>>,
     Query(parameters): Query<HashMap<String, String>>,
 ) -> Result<Json<json::SeriesResult>, NodeError> {
-    let request = api::SeriesRequest { selection: optional_selection(&parameters)?, options: options(&parameters) };
+    let request = api::SeriesRequest {
+        selection: optional_selection(&parameters)?,
+        options: options(&parameters),
+    };
     let engine = state.engine.clone();
     let response = blocking(move || engine.series(&request)).await?;
     Ok(Json(json::SeriesResult::from(&response)))
@@ -284,7 +330,11 @@ async fn profile_types(
         None => 0,
         Some(_) => time_parameter(parameters.get("from"), "0", "from", now_unix_ms())?,
     };
-    let request = api::ProfileTypesRequest { start_unix_ms, end_unix_ms: 0, options: options(&parameters) };
+    let request = api::ProfileTypesRequest {
+        start_unix_ms,
+        end_unix_ms: 0,
+        options: options(&parameters),
+    };
     let engine = state.engine.clone();
     let response = blocking(move || engine.profile_types(&request)).await?;
     Ok(Json(json::ProfileTypesResult::from(&response)))
@@ -292,5 +342,8 @@ async fn profile_types(
 
 /// Fallback for unknown paths.
 pub async fn not_found() -> impl IntoResponse {
-    (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": "no such endpoint" })))
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": "no such endpoint" })),
+    )
 }

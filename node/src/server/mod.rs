@@ -39,7 +39,13 @@ pub async fn serve(
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Zstd);
-    let grpc_routes = tonic::service::Routes::new(ingest).add_service(query).into_axum_router();
-    let router = grpc_routes.merge(http::router(state, max_message_bytes)).fallback(http::not_found);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    let grpc_routes = tonic::service::Routes::new(ingest)
+        .add_service(query)
+        .into_axum_router();
+    let router = grpc_routes
+        .merge(http::router(state, max_message_bytes))
+        .fallback(http::not_found);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

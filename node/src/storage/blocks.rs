@@ -33,9 +33,20 @@ fn gcd(mut left: u64, mut right: u64) -> u64 {
 /// Encodes samples (any order, stack ids unique) into a block.
 pub fn encode_block(duration_nanos: i64, samples: &mut [(u64, i64)]) -> Vec<u8> {
     samples.sort_unstable_by_key(|(stack, _)| *stack);
-    debug_assert!(samples.windows(2).all(|pair| pair[0].0 < pair[1].0), "stack ids are unique");
-    let total: i64 = samples.iter().map(|(_, value)| *value).fold(0i64, i64::wrapping_add);
-    let scale = samples.iter().fold(0u64, |accumulated, (_, value)| gcd(accumulated, value.unsigned_abs())).max(1);
+    debug_assert!(
+        samples.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "stack ids are unique"
+    );
+    let total: i64 = samples
+        .iter()
+        .map(|(_, value)| *value)
+        .fold(0i64, i64::wrapping_add);
+    let scale = samples
+        .iter()
+        .fold(0u64, |accumulated, (_, value)| {
+            gcd(accumulated, value.unsigned_abs())
+        })
+        .max(1);
     let mut buffer = Vec::with_capacity(16 + samples.len() * 3);
     buffer.push(BLOCK_VERSION);
     put_signed(&mut buffer, duration_nanos);
@@ -63,7 +74,9 @@ pub fn decode_block_header(bytes: &[u8]) -> Result<(i64, i64), NodeError> {
 fn check_version(reader: &mut Reader<'_>) -> Result<(), NodeError> {
     let version = reader.byte()?;
     if version != BLOCK_VERSION {
-        return Err(NodeError::Corrupt(format!("sample block version {version} is unknown")));
+        return Err(NodeError::Corrupt(format!(
+            "sample block version {version} is unknown"
+        )));
     }
     Ok(())
 }
@@ -94,7 +107,11 @@ pub fn visit_block(bytes: &[u8], mut visit: impl FnMut(u64, i64)) -> Result<(i64
 pub fn decode_block(bytes: &[u8]) -> Result<SampleBlock, NodeError> {
     let mut samples = Vec::new();
     let (duration_nanos, total) = visit_block(bytes, |stack, value| samples.push((stack, value)))?;
-    Ok(SampleBlock { duration_nanos, total, samples })
+    Ok(SampleBlock {
+        duration_nanos,
+        total,
+        samples,
+    })
 }
 
 #[cfg(test)]
@@ -126,7 +143,9 @@ mod tests {
 
     #[test]
     fn cpu_nanoseconds_compress_to_counts() {
-        let mut samples: Vec<(u64, i64)> = (0..100).map(|stack| (stack, 10_000_000 * (1 + stack as i64 % 3))).collect();
+        let mut samples: Vec<(u64, i64)> = (0..100)
+            .map(|stack| (stack, 10_000_000 * (1 + stack as i64 % 3)))
+            .collect();
         let encoded = encode_block(0, &mut samples);
         assert!(encoded.len() < 220, "{} bytes", encoded.len());
     }

@@ -27,7 +27,11 @@ pub struct Reader<'buffer> {
 impl<'buffer> Reader<'buffer> {
     /// A reader over `bytes`; `what` names the record in errors.
     pub fn new(bytes: &'buffer [u8], what: &'static str) -> Self {
-        Reader { bytes, position: 0, what }
+        Reader {
+            bytes,
+            position: 0,
+            what,
+        }
     }
 
     fn corrupt(&self, detail: &str) -> NodeError {
@@ -71,7 +75,10 @@ impl<'buffer> Reader<'buffer> {
 
     /// Reads `length` raw bytes.
     pub fn take(&mut self, length: usize) -> Result<&'buffer [u8], NodeError> {
-        let end = self.position.checked_add(length).filter(|end| *end <= self.bytes.len());
+        let end = self
+            .position
+            .checked_add(length)
+            .filter(|end| *end <= self.bytes.len());
         let Some(end) = end else {
             return Err(self.corrupt("truncated"));
         };

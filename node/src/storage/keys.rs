@@ -188,7 +188,13 @@ fn from_ordered_i64(bytes: [u8; 8]) -> i64 {
 }
 
 /// `samples`: one sample block.
-pub fn sample_key(group: GroupId, partition_start_ms: i64, ordinal: u32, time_unix_nanos: i64, sequence: u64) -> Vec<u8> {
+pub fn sample_key(
+    group: GroupId,
+    partition_start_ms: i64,
+    ordinal: u32,
+    time_unix_nanos: i64,
+    sequence: u64,
+) -> Vec<u8> {
     let mut key = sample_series_prefix(group, partition_start_ms, ordinal);
     key.extend_from_slice(&ordered_i64(time_unix_nanos));
     key.extend_from_slice(&sequence.to_be_bytes());

@@ -66,18 +66,27 @@ impl SeriesRecord {
     pub fn decode(bytes: &[u8]) -> Result<Self, NodeError> {
         let mut reader = Reader::new(bytes, "series record");
         let ordinal_bytes = reader.take(4)?;
-        let ordinal = u32::from_be_bytes([ordinal_bytes[0], ordinal_bytes[1], ordinal_bytes[2], ordinal_bytes[3]]);
+        let ordinal = u32::from_be_bytes([
+            ordinal_bytes[0],
+            ordinal_bytes[1],
+            ordinal_bytes[2],
+            ordinal_bytes[3],
+        ]);
         let type_id = read_string(&mut reader)?;
-        let profile_type =
-            ProfileType::parse(&type_id).map_err(|error| NodeError::Corrupt(format!("series record: {error}")))?;
+        let profile_type = ProfileType::parse(&type_id)
+            .map_err(|error| NodeError::Corrupt(format!("series record: {error}")))?;
         let count = reader.count()?;
         let mut pairs = Vec::with_capacity(count);
         for _ in 0..count {
             pairs.push((read_string(&mut reader)?, read_string(&mut reader)?));
         }
-        let labels =
-            LabelSet::from_stored_pairs(pairs).map_err(|error| NodeError::Corrupt(format!("series record: {error}")))?;
-        Ok(SeriesRecord { ordinal, profile_type, labels })
+        let labels = LabelSet::from_stored_pairs(pairs)
+            .map_err(|error| NodeError::Corrupt(format!("series record: {error}")))?;
+        Ok(SeriesRecord {
+            ordinal,
+            profile_type,
+            labels,
+        })
     }
 }
 
@@ -92,7 +101,10 @@ pub struct StorageOptions {
 
 impl Default for StorageOptions {
     fn default() -> Self {
-        StorageOptions { block_cache_bytes: 256 << 20, symbol_cache_entries: 1 << 20 }
+        StorageOptions {
+            block_cache_bytes: 256 << 20,
+            symbol_cache_entries: 1 << 20,
+        }
     }
 }
 
@@ -107,7 +119,10 @@ pub struct ImmutableCache<V> {
 impl<V: Clone> ImmutableCache<V> {
     /// A cache holding at most `capacity` entries.
     pub fn new(capacity: usize) -> Self {
-        ImmutableCache { entries: Mutex::new(HashMap::new()), capacity }
+        ImmutableCache {
+            entries: Mutex::new(HashMap::new()),
+            capacity,
+        }
     }
 
     /// The cached value, if any.
@@ -142,7 +157,11 @@ fn column_family_options(name: &str, cache: &rocksdb::Cache) -> Options {
     table.set_cache_index_and_filter_blocks(true);
     match name {
         keys::CF_POSTINGS => {
-            options.set_merge_operator(postings::MERGE_OPERATOR_NAME, postings::full_merge, postings::partial_merge);
+            options.set_merge_operator(
+                postings::MERGE_OPERATOR_NAME,
+                postings::full_merge,
+                postings::partial_merge,
+            );
             options.set_compression_type(DBCompressionType::Lz4);
         }
         keys::CF_SAMPLES => {
@@ -194,7 +213,9 @@ impl Storage {
     /// A column family handle. The families are created at open, so a missing one
     /// is a bug.
     pub fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, NodeError> {
-        self.db.cf_handle(name).ok_or_else(|| NodeError::Internal(format!("column family {name} is missing")))
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| NodeError::Internal(format!("column family {name} is missing")))
     }
 
     /// Reads one key.
@@ -208,7 +229,11 @@ impl Storage {
         self.db
             .batched_multi_get_cf(handle, keys.iter(), false)
             .into_iter()
-            .map(|result| result.map(|value| value.map(|slice| slice.to_vec())).map_err(NodeError::from))
+            .map(|result| {
+                result
+                    .map(|value| value.map(|slice| slice.to_vec()))
+                    .map_err(NodeError::from)
+            })
             .collect()
     }
 
@@ -266,7 +291,11 @@ impl Storage {
     }
 
     /// Every value of label `name` with its bitmap.
-    pub fn posting_values(&self, group: GroupId, name: &str) -> Result<Vec<(String, RoaringBitmap)>, NodeError> {
+    pub fn posting_values(
+        &self,
+        group: GroupId,
+        name: &str,
+    ) -> Result<Vec<(String, RoaringBitmap)>, NodeError> {
         let prefix = keys::posting_name_prefix(group, name);
         let mut values = Vec::new();
         self.scan_prefix(keys::CF_POSTINGS, &prefix, |key, value| {
@@ -306,7 +335,9 @@ impl Storage {
             return Ok(None);
         };
         let hash = u64::from_be_bytes(
-            hash.as_slice().try_into().map_err(|_| NodeError::Corrupt("series hash is not 8 bytes".into()))?,
+            hash.as_slice()
+                .try_into()
+                .map_err(|_| NodeError::Corrupt("series hash is not 8 bytes".into()))?,
         );
         let Some(record) = self.get(keys::CF_SERIES, &keys::series_by_hash_key(group, hash))? else {
             return Ok(None);
@@ -319,21 +350,31 @@ impl Storage {
         let Some(bytes) = self.get(keys::CF_SERIES, &keys::series_last_seen_key(group, ordinal))? else {
             return Ok(None);
         };
-        let array: [u8; 8] =
-            bytes.as_slice().try_into().map_err(|_| NodeError::Corrupt("last-seen time is not 8 bytes".into()))?;
+        let array: [u8; 8] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| NodeError::Corrupt("last-seen time is not 8 bytes".into()))?;
         Ok(Some(i64::from_be_bytes(array)))
     }
 
     /// Location ids of dense stacks, through the stack cache.
     pub fn stacks(&self, group: GroupId, stack_ids: &[u64]) -> Result<Vec<Arc<[u64]>>, NodeError> {
-        let mut result: Vec<Option<Arc<[u64]>>> = stack_ids.iter().map(|id| self.stack_cache.get(*id)).collect();
-        let missing: Vec<usize> = (0..stack_ids.len()).filter(|index| result[*index].is_none()).collect();
-        let missing_keys: Vec<Vec<u8>> =
-            missing.iter().map(|index| keys::symbol_key(group, SymbolKind::Stack, stack_ids[*index])).collect();
+        let mut result: Vec<Option<Arc<[u64]>>> =
+            stack_ids.iter().map(|id| self.stack_cache.get(*id)).collect();
+        let missing: Vec<usize> = (0..stack_ids.len())
+            .filter(|index| result[*index].is_none())
+            .collect();
+        let missing_keys: Vec<Vec<u8>> = missing
+            .iter()
+            .map(|index| keys::symbol_key(group, SymbolKind::Stack, stack_ids[*index]))
+            .collect();
         let values = self.multi_get(keys::CF_SYMBOLS, &missing_keys)?;
         for (index, value) in missing.into_iter().zip(values) {
             let Some(bytes) = value else {
-                return Err(NodeError::Corrupt(format!("stack {} is referenced but not stored", stack_ids[index])));
+                return Err(NodeError::Corrupt(format!(
+                    "stack {} is referenced but not stored",
+                    stack_ids[index]
+                )));
             };
             let locations: Arc<[u64]> = symbols::decode_stack(&bytes)?.into();
             self.stack_cache.insert(stack_ids[index], locations.clone());
@@ -351,7 +392,9 @@ impl Storage {
             .into_iter()
             .zip(ids)
             .map(|(value, id)| {
-                value.ok_or_else(|| NodeError::Corrupt(format!("symbol {kind:?} {id:#x} is referenced but not stored")))
+                value.ok_or_else(|| {
+                    NodeError::Corrupt(format!("symbol {kind:?} {id:#x} is referenced but not stored"))
+                })
             })
             .collect()
     }
@@ -369,7 +412,10 @@ impl Storage {
         let mut total = 0u64;
         for name in keys::COLUMN_FAMILIES {
             if let Ok(handle) = self.cf(name) {
-                if let Ok(Some(bytes)) = self.db.property_int_value_cf(handle, "rocksdb.total-sst-files-size") {
+                if let Ok(Some(bytes)) = self
+                    .db
+                    .property_int_value_cf(handle, "rocksdb.total-sst-files-size")
+                {
                     total += bytes;
                 }
             }

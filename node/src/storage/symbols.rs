@@ -153,9 +153,18 @@ impl StoredLocation {
         let count = reader.count()?;
         let mut lines = Vec::with_capacity(count);
         for _ in 0..count {
-            lines.push(StoredLine { function: reader.fixed_u64()?, line: reader.signed()?, column: reader.signed()? });
+            lines.push(StoredLine {
+                function: reader.fixed_u64()?,
+                line: reader.signed()?,
+                column: reader.signed()?,
+            });
         }
-        Ok(StoredLocation { mapping, address, is_folded, lines })
+        Ok(StoredLocation {
+            mapping,
+            address,
+            is_folded,
+            lines,
+        })
     }
 }
 
@@ -203,12 +212,20 @@ pub struct ProfileSymbols {
 fn string_write(writes: &mut Vec<SymbolWrite>, seen: &mut std::collections::HashSet<u64>, text: &str) -> u64 {
     let id = content_id(SymbolKind::String, text.as_bytes());
     if seen.insert(id) {
-        writes.push(SymbolWrite { kind: SymbolKind::String, id, encoded: text.as_bytes().to_vec() });
+        writes.push(SymbolWrite {
+            kind: SymbolKind::String,
+            id,
+            encoded: text.as_bytes().to_vec(),
+        });
     }
     id
 }
 
-fn function_write(writes: &mut Vec<SymbolWrite>, seen: &mut std::collections::HashSet<u64>, function: &FunctionRecord) -> u64 {
+fn function_write(
+    writes: &mut Vec<SymbolWrite>,
+    seen: &mut std::collections::HashSet<u64>,
+    function: &FunctionRecord,
+) -> u64 {
     let stored = StoredFunction {
         name: string_write(writes, seen, &function.name),
         system_name: string_write(writes, seen, &function.system_name),
@@ -217,11 +234,19 @@ fn function_write(writes: &mut Vec<SymbolWrite>, seen: &mut std::collections::Ha
     };
     let encoded = stored.encode();
     let id = content_id(SymbolKind::Function, &encoded);
-    writes.push(SymbolWrite { kind: SymbolKind::Function, id, encoded });
+    writes.push(SymbolWrite {
+        kind: SymbolKind::Function,
+        id,
+        encoded,
+    });
     id
 }
 
-fn mapping_write(writes: &mut Vec<SymbolWrite>, seen: &mut std::collections::HashSet<u64>, mapping: &MappingRecord) -> u64 {
+fn mapping_write(
+    writes: &mut Vec<SymbolWrite>,
+    seen: &mut std::collections::HashSet<u64>,
+    mapping: &MappingRecord,
+) -> u64 {
     let flags = u8::from(mapping.has_functions)
         | (u8::from(mapping.has_filenames) << 1)
         | (u8::from(mapping.has_line_numbers) << 2)
@@ -236,34 +261,55 @@ fn mapping_write(writes: &mut Vec<SymbolWrite>, seen: &mut std::collections::Has
     };
     let encoded = stored.encode();
     let id = content_id(SymbolKind::Mapping, &encoded);
-    writes.push(SymbolWrite { kind: SymbolKind::Mapping, id, encoded });
+    writes.push(SymbolWrite {
+        kind: SymbolKind::Mapping,
+        id,
+        encoded,
+    });
     id
 }
 
 fn location_write(location: &LocationRecord, mapping_ids: &[u64], function_ids: &[u64]) -> SymbolWrite {
     let stored = StoredLocation {
-        mapping: location.mapping.map(|index| mapping_ids[index as usize]).unwrap_or(0),
+        mapping: location
+            .mapping
+            .map(|index| mapping_ids[index as usize])
+            .unwrap_or(0),
         address: location.address,
         is_folded: location.is_folded,
         lines: location
             .lines
             .iter()
-            .map(|line| StoredLine { function: function_ids[line.function as usize], line: line.line, column: line.column })
+            .map(|line| StoredLine {
+                function: function_ids[line.function as usize],
+                line: line.line,
+                column: line.column,
+            })
             .collect(),
     };
     let encoded = stored.encode();
     let id = content_id(SymbolKind::Location, &encoded);
-    SymbolWrite { kind: SymbolKind::Location, id, encoded }
+    SymbolWrite {
+        kind: SymbolKind::Location,
+        id,
+        encoded,
+    }
 }
 
 /// Encodes every symbol of a validated profile.
 pub fn profile_symbols(profile: &ParsedProfile) -> ProfileSymbols {
     let mut writes = Vec::new();
     let mut seen_strings = std::collections::HashSet::new();
-    let function_ids: Vec<u64> =
-        profile.functions.iter().map(|function| function_write(&mut writes, &mut seen_strings, function)).collect();
-    let mapping_ids: Vec<u64> =
-        profile.mappings.iter().map(|mapping| mapping_write(&mut writes, &mut seen_strings, mapping)).collect();
+    let function_ids: Vec<u64> = profile
+        .functions
+        .iter()
+        .map(|function| function_write(&mut writes, &mut seen_strings, function))
+        .collect();
+    let mapping_ids: Vec<u64> = profile
+        .mappings
+        .iter()
+        .map(|mapping| mapping_write(&mut writes, &mut seen_strings, mapping))
+        .collect();
     let mut location_ids = Vec::with_capacity(profile.locations.len());
     for location in &profile.locations {
         let write = location_write(location, &mapping_ids, &function_ids);
@@ -289,12 +335,35 @@ mod tests {
             mapping: 7,
             address: 0xdead,
             is_folded: true,
-            lines: vec![StoredLine { function: 1, line: -3, column: 9 }, StoredLine { function: 2, line: 4, column: 0 }],
+            lines: vec![
+                StoredLine {
+                    function: 1,
+                    line: -3,
+                    column: 9,
+                },
+                StoredLine {
+                    function: 2,
+                    line: 4,
+                    column: 0,
+                },
+            ],
         };
         assert_eq!(StoredLocation::decode(&location.encode()).unwrap(), location);
-        let function = StoredFunction { name: 1, system_name: 2, filename: 3, start_line: 44 };
+        let function = StoredFunction {
+            name: 1,
+            system_name: 2,
+            filename: 3,
+            start_line: 44,
+        };
         assert_eq!(StoredFunction::decode(&function.encode()).unwrap(), function);
-        let mapping = StoredMapping { memory_start: 1, memory_limit: 2, file_offset: 3, filename: 4, build_id: 5, flags: 9 };
+        let mapping = StoredMapping {
+            memory_start: 1,
+            memory_limit: 2,
+            file_offset: 3,
+            filename: 4,
+            build_id: 5,
+            flags: 9,
+        };
         assert_eq!(StoredMapping::decode(&mapping.encode()).unwrap(), mapping);
         assert_eq!(decode_stack(&encode_stack(&[3, 1, 2])).unwrap(), vec![3, 1, 2]);
     }

@@ -57,8 +57,14 @@ pub struct RetentionOutcome {
 }
 
 enum Job {
-    Write { write: PreparedWrite, reply: oneshot::Sender<Result<WriteOutcome, NodeError>> },
-    Retention { cutoff_unix_ms: i64, reply: oneshot::Sender<Result<RetentionOutcome, NodeError>> },
+    Write {
+        write: PreparedWrite,
+        reply: oneshot::Sender<Result<WriteOutcome, NodeError>>,
+    },
+    Retention {
+        cutoff_unix_ms: i64,
+        reply: oneshot::Sender<Result<RetentionOutcome, NodeError>>,
+    },
 }
 
 /// Handle to the writer thread.
@@ -78,7 +84,12 @@ fn unix_millis_now() -> i64 {
 impl Writer {
     /// Starts the writer thread for `group`; `queue_depth` bounds the requests
     /// waiting for a commit (beyond it, writes get [`NodeError::Overloaded`]).
-    pub fn start(storage: Storage, group: GroupId, queue_depth: usize, metrics: Arc<Metrics>) -> Result<Writer, NodeError> {
+    pub fn start(
+        storage: Storage,
+        group: GroupId,
+        queue_depth: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Writer, NodeError> {
         let state = WriterState::load(storage, group, metrics.clone())?;
         let (sender, receiver) = mpsc::channel(queue_depth.max(1));
         let thread = std::thread::Builder::new()
@@ -101,11 +112,16 @@ impl Writer {
         let sender = self.sender()?;
         let (reply, answer) = oneshot::channel();
         // Wait a little for room so short bursts queue; beyond that, push back.
-        match sender.send_timeout(Job::Write { write, reply }, Duration::from_secs(2)).await {
+        match sender
+            .send_timeout(Job::Write { write, reply }, Duration::from_secs(2))
+            .await
+        {
             Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                 self.metrics.rejected_overload.inc();
-                return Err(NodeError::Overloaded("the write queue is full; retry with backoff".into()));
+                return Err(NodeError::Overloaded(
+                    "the write queue is full; retry with backoff".into(),
+                ));
             }
             Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(NodeError::ShuttingDown),
         }
@@ -117,7 +133,13 @@ impl Writer {
     pub async fn retention(&self, cutoff_unix_ms: i64) -> Result<RetentionOutcome, NodeError> {
         let sender = self.sender()?;
         let (reply, answer) = oneshot::channel();
-        sender.send(Job::Retention { cutoff_unix_ms, reply }).await.map_err(|_| NodeError::ShuttingDown)?;
+        sender
+            .send(Job::Retention {
+                cutoff_unix_ms,
+                reply,
+            })
+            .await
+            .map_err(|_| NodeError::ShuttingDown)?;
         answer.await.map_err(|_| NodeError::ShuttingDown)?
     }
 
@@ -150,15 +172,19 @@ fn read_counter(storage: &Storage, key: &[u8]) -> Result<u64, NodeError> {
     match storage.get(keys::CF_META, key)? {
         None => Ok(0),
         Some(bytes) => {
-            let array: [u8; 8] =
-                bytes.as_slice().try_into().map_err(|_| NodeError::Corrupt("counter is not 8 bytes".into()))?;
+            let array: [u8; 8] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| NodeError::Corrupt("counter is not 8 bytes".into()))?;
             Ok(u64::from_be_bytes(array))
         }
     }
 }
 
 fn decode_u64(bytes: &[u8], what: &str) -> Result<u64, NodeError> {
-    let array: [u8; 8] = bytes.try_into().map_err(|_| NodeError::Corrupt(format!("{what} is not 8 bytes")))?;
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| NodeError::Corrupt(format!("{what} is not 8 bytes")))?;
     Ok(u64::from_be_bytes(array))
 }
 
@@ -201,7 +227,10 @@ impl WriterState {
             while let Some(job) = pending.take() {
                 match job {
                     Job::Write { write, reply } => writes.push((write, reply)),
-                    Job::Retention { cutoff_unix_ms, reply } => {
+                    Job::Retention {
+                        cutoff_unix_ms,
+                        reply,
+                    } => {
                         // Commit what came before, then expire alone.
                         self.commit_writes(std::mem::take(&mut writes));
                         let result = self.expire(cutoff_unix_ms);
@@ -228,7 +257,10 @@ impl WriterState {
         }
     }
 
-    fn commit_writes(&mut self, writes: Vec<(PreparedWrite, oneshot::Sender<Result<WriteOutcome, NodeError>>)>) {
+    fn commit_writes(
+        &mut self,
+        writes: Vec<(PreparedWrite, oneshot::Sender<Result<WriteOutcome, NodeError>>)>,
+    ) {
         if writes.is_empty() {
             return;
         }
@@ -253,10 +285,15 @@ impl WriterState {
             None => self.stage_counters(&mut batch).and_then(|()| {
                 let mut options = WriteOptions::default();
                 options.set_sync(true);
-                self.storage.db().write_opt(batch, &options).map_err(NodeError::from)
+                self.storage
+                    .db()
+                    .write_opt(batch, &options)
+                    .map_err(NodeError::from)
             }),
         };
-        self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.metrics.commit_batch_size.observe(replies.len() as f64);
         match result {
             Ok(()) => {
@@ -283,14 +320,29 @@ impl WriterState {
 
     fn stage_counters(&self, batch: &mut WriteBatch) -> Result<(), NodeError> {
         let meta = self.storage.cf(keys::CF_META)?;
-        batch.put_cf(meta, keys::next_ordinal_key(self.group), u64::from(self.next_ordinal).to_be_bytes());
-        batch.put_cf(meta, keys::next_stack_id_key(self.group), self.next_stack_id.to_be_bytes());
-        batch.put_cf(meta, keys::next_sequence_key(self.group), self.next_sequence.to_be_bytes());
+        batch.put_cf(
+            meta,
+            keys::next_ordinal_key(self.group),
+            u64::from(self.next_ordinal).to_be_bytes(),
+        );
+        batch.put_cf(
+            meta,
+            keys::next_stack_id_key(self.group),
+            self.next_stack_id.to_be_bytes(),
+        );
+        batch.put_cf(
+            meta,
+            keys::next_sequence_key(self.group),
+            self.next_sequence.to_be_bytes(),
+        );
         Ok(())
     }
 
     fn is_stored_key(&self, idempotency_key: &str) -> Result<bool, NodeError> {
-        Ok(self.storage.get(keys::CF_META, &keys::idempotency_key(self.group, idempotency_key))?.is_some())
+        Ok(self
+            .storage
+            .get(keys::CF_META, &keys::idempotency_key(self.group, idempotency_key))?
+            .is_some())
     }
 
     fn stage(
@@ -300,7 +352,10 @@ impl WriterState {
         keys_in_batch: &mut HashSet<String>,
     ) -> Result<WriteOutcome, NodeError> {
         if keys_in_batch.contains(&write.idempotency_key) || self.is_stored_key(&write.idempotency_key)? {
-            return Ok(WriteOutcome { duplicate: true, ..WriteOutcome::default() });
+            return Ok(WriteOutcome {
+                duplicate: true,
+                ..WriteOutcome::default()
+            });
         }
         let storage = self.storage.clone();
         let samples_cf = storage.cf(keys::CF_SAMPLES)?;
@@ -314,7 +369,11 @@ impl WriterState {
             // Content-addressed: writing a known symbol again would be harmless, the
             // cache only saves the write.
             if self.known_symbols.insert((symbol.kind as u8, symbol.id)) {
-                batch.put_cf(symbols_cf, keys::symbol_key(self.group, symbol.kind, symbol.id), &symbol.encoded);
+                batch.put_cf(
+                    symbols_cf,
+                    keys::symbol_key(self.group, symbol.kind, symbol.id),
+                    &symbol.encoded,
+                );
             }
         }
         let mut series_written = HashSet::new();
@@ -353,10 +412,18 @@ impl WriterState {
                     self.last_seen.clear();
                 }
                 self.last_seen.insert(ordinal, sample_millis);
-                batch.put_cf(series_cf, keys::series_last_seen_key(self.group, ordinal), sample_millis.to_be_bytes());
+                batch.put_cf(
+                    series_cf,
+                    keys::series_last_seen_key(self.group, ordinal),
+                    sample_millis.to_be_bytes(),
+                );
             }
         }
-        batch.put_cf(meta_cf, keys::idempotency_key(self.group, &write.idempotency_key), unix_millis_now().to_be_bytes());
+        batch.put_cf(
+            meta_cf,
+            keys::idempotency_key(self.group, &write.idempotency_key),
+            unix_millis_now().to_be_bytes(),
+        );
         keys_in_batch.insert(write.idempotency_key);
         Ok(WriteOutcome {
             duplicate: false,
@@ -367,7 +434,11 @@ impl WriterState {
         })
     }
 
-    fn ordinal_for(&mut self, batch: &mut WriteBatch, profile: &crate::ingest::PreparedProfile) -> Result<u32, NodeError> {
+    fn ordinal_for(
+        &mut self,
+        batch: &mut WriteBatch,
+        profile: &crate::ingest::PreparedProfile,
+    ) -> Result<u32, NodeError> {
         if let Some(ordinal) = self.series_ordinals.get(&profile.series_hash) {
             return Ok(*ordinal);
         }
@@ -388,7 +459,11 @@ impl WriterState {
                 let storage = self.storage.clone();
                 let series_cf = storage.cf(keys::CF_SERIES)?;
                 batch.put_cf(series_cf, &by_hash, record.encode());
-                batch.put_cf(series_cf, keys::series_by_ordinal_key(self.group, ordinal), profile.series_hash.to_be_bytes());
+                batch.put_cf(
+                    series_cf,
+                    keys::series_by_ordinal_key(self.group, ordinal),
+                    profile.series_hash.to_be_bytes(),
+                );
                 let postings_cf = storage.cf(keys::CF_POSTINGS)?;
                 let operand = add_operand(&RoaringBitmap::from_iter([ordinal]));
                 batch.merge_cf(
@@ -423,7 +498,11 @@ impl WriterState {
                 let storage = self.storage.clone();
                 let symbols_cf = storage.cf(keys::CF_SYMBOLS)?;
                 batch.put_cf(symbols_cf, &by_hash, id.to_be_bytes());
-                batch.put_cf(symbols_cf, keys::symbol_key(self.group, SymbolKind::Stack, id), encoded);
+                batch.put_cf(
+                    symbols_cf,
+                    keys::symbol_key(self.group, SymbolKind::Stack, id),
+                    encoded,
+                );
                 id
             }
         };
@@ -447,15 +526,19 @@ impl WriterState {
 
         // Series with no sample at or after the cutoff.
         let mut expired: Vec<u32> = Vec::new();
-        self.storage.scan_prefix(keys::CF_SERIES, &keys::series_last_seen_prefix(self.group), |key, value| {
-            let ordinal = keys::decode_series_last_seen_key(key)
-                .ok_or_else(|| NodeError::Corrupt("last-seen key too short".into()))?;
-            let last_seen = decode_u64(value, "last-seen time")? as i64;
-            if last_seen < first_kept_partition {
-                expired.push(ordinal);
-            }
-            Ok(true)
-        })?;
+        self.storage.scan_prefix(
+            keys::CF_SERIES,
+            &keys::series_last_seen_prefix(self.group),
+            |key, value| {
+                let ordinal = keys::decode_series_last_seen_key(key)
+                    .ok_or_else(|| NodeError::Corrupt("last-seen key too short".into()))?;
+                let last_seen = decode_u64(value, "last-seen time")? as i64;
+                if last_seen < first_kept_partition {
+                    expired.push(ordinal);
+                }
+                Ok(true)
+            },
+        )?;
         let series_cf = storage.cf(keys::CF_SERIES)?;
         let postings_cf = storage.cf(keys::CF_POSTINGS)?;
         for ordinal in expired {
@@ -484,12 +567,16 @@ impl WriterState {
         let key_cutoff = unix_millis_now() - IDEMPOTENCY_WINDOW.as_millis() as i64;
         let meta_cf = storage.cf(keys::CF_META)?;
         let mut expired_keys = Vec::new();
-        self.storage.scan_prefix(keys::CF_META, &keys::idempotency_prefix(self.group), |key, value| {
-            if (decode_u64(value, "idempotency time")? as i64) < key_cutoff {
-                expired_keys.push(key.to_vec());
-            }
-            Ok(true)
-        })?;
+        self.storage.scan_prefix(
+            keys::CF_META,
+            &keys::idempotency_prefix(self.group),
+            |key, value| {
+                if (decode_u64(value, "idempotency time")? as i64) < key_cutoff {
+                    expired_keys.push(key.to_vec());
+                }
+                Ok(true)
+            },
+        )?;
         for key in &expired_keys {
             batch.delete_cf(meta_cf, key);
         }
@@ -498,7 +585,9 @@ impl WriterState {
         let mut options = WriteOptions::default();
         options.set_sync(true);
         self.storage.db().write_opt(batch, &options)?;
-        self.storage.db().compact_range_cf(samples_cf, Some(&range_start), Some(&range_end));
+        self.storage
+            .db()
+            .compact_range_cf(samples_cf, Some(&range_start), Some(&range_end));
         self.metrics.series_expired.inc_by(outcome.series_expired);
         Ok(outcome)
     }

@@ -1,0 +1,121 @@
+//! Retention drops whole expired partitions and the series left without samples,
+//! and keeps everything newer.
+
+use std::time::Duration;
+
+use kiln_node::{NodeConfig, NodeState};
+use kiln_proto::kiln::v1 as api;
+use kiln_proto::pprof as wire;
+use prost::Message;
+
+fn profile(time_nanos: i64, value: i64) -> Vec<u8> {
+    wire::Profile {
+        sample_type: vec![wire::ValueType { r#type: 1, unit: 2 }],
+        period_type: Some(wire::ValueType { r#type: 1, unit: 2 }),
+        time_nanos,
+        sample: vec![wire::Sample {
+            location_id: vec![1],
+            value: vec![value],
+            label: vec![],
+        }],
+        location: vec![wire::Location {
+            id: 1,
+            mapping_id: 0,
+            address: 1,
+            line: vec![wire::Line {
+                function_id: 1,
+                line: 1,
+                column: 0,
+            }],
+            is_folded: false,
+        }],
+        function: vec![wire::Function {
+            id: 1,
+            name: 3,
+            system_name: 3,
+            filename: 0,
+            start_line: 0,
+        }],
+        string_table: vec!["".into(), "cpu".into(), "nanoseconds".into(), "main".into()],
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn write(key: &str, job: &str, time_nanos: i64, value: i64) -> api::WriteRequest {
+    api::WriteRequest {
+        idempotency_key: key.into(),
+        series: vec![api::SeriesWrite {
+            labels: vec![api::Label {
+                name: "job".into(),
+                value: job.into(),
+            }],
+            profiles: vec![api::RawProfile {
+                pprof: profile(time_nanos, value),
+                name: "process_cpu".into(),
+                default_time_unix_nanos: 0,
+                delta: None,
+            }],
+        }],
+    }
+}
+
+#[test]
+fn retention_drops_expired_partitions_and_series_and_keeps_the_rest() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let mut config = NodeConfig::with_data_dir(directory.path().to_path_buf());
+    config.retention = Duration::from_secs(3600);
+    let state = NodeState::open(config).expect("open");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let now_nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64;
+    let hour = 3_600_000_000_000i64;
+    runtime.block_on(async {
+        kiln_node::server::grpc::write(&state, write("old-only", "old", now_nanos - 5 * hour, 7))
+            .await
+            .expect("write");
+        kiln_node::server::grpc::write(&state, write("both-old", "both", now_nanos - 5 * hour, 11))
+            .await
+            .expect("write");
+        kiln_node::server::grpc::write(&state, write("both-new", "both", now_nanos, 13))
+            .await
+            .expect("write");
+        let outcome = state.run_retention().await.expect("retention");
+        assert_eq!(outcome.series_expired, 1, "{outcome:?}");
+    });
+    let merge = |selector: &str| {
+        state
+            .engine
+            .merge(&api::MergeRequest {
+                selection: Some(api::Selection {
+                    selector: selector.into(),
+                    start_unix_ms: 0,
+                    end_unix_ms: 0,
+                }),
+                ..Default::default()
+            })
+            .expect("merge")
+            .total
+    };
+    assert_eq!(
+        merge(r#"process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta{job="both"}"#),
+        13
+    );
+    assert_eq!(
+        merge(r#"process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta{job="old"}"#),
+        0
+    );
+    let values = state
+        .engine
+        .label_values(&api::LabelValuesRequest {
+            selection: None,
+            name: "job".into(),
+            options: None,
+        })
+        .expect("values")
+        .values;
+    assert_eq!(values, vec!["both".to_string()]);
+    state.shutdown();
+}
