@@ -11,7 +11,9 @@
 //! `KILN_BENCH_WRITERS`, `KILN_BENCH_BATCH`, `KILN_BENCH_SEED`, `KILN_BENCH_STACKS` (unique
 //! stacks per service), `KILN_BENCH_ZIPF` (popularity exponent), `KILN_BENCH_DIR` (where
 //! the temporary data directory is made; it must be a real disk for fsync to mean
-//! anything).
+//! anything), `KILN_BENCH_PPROF_DIR` (adds a table timing `prepare_write` on the real
+//! `.pb.gz` files of a directory). The results and their analysis are in
+//! `BENCHMARKS.md` at the repository root.
 //!
 //! Phases, in order:
 //! 1. generate the fleet (see `support/generator.rs`); not timed as ingest;
@@ -23,7 +25,9 @@
 //!    one zone (a third of the series) over the whole simulated range;
 //! 4. compact fully, measure again, time the merges again;
 //! 5. time the ingest and merge phases one by one, single-threaded, to see what
-//!    dominates.
+//!    dominates;
+//! 6. check that every profile was acknowledged and that the merges' totals and
+//!    counts equal what was generated (a failed check exits non-zero).
 
 mod support;
 
@@ -532,6 +536,67 @@ fn composition(requests: &[api::WriteRequest]) -> String {
     )
 }
 
+/// Times `prepare_write` (the CPU part of ingest), single-threaded, on real pprof
+/// files of a directory, for comparison with the generated ones.
+fn real_profiles(directory: &std::path::Path) -> Table {
+    let mut table = Table::new(
+        &format!(
+            "Reference: prepare_write on the pprof files of {}, single-threaded",
+            directory.display()
+        ),
+        &[
+            "file",
+            "gzipped",
+            "pprof samples",
+            "µs per profile",
+            "pprof samples/s on 1 core",
+        ],
+    );
+    let mut files: Vec<PathBuf> = std::fs::read_dir(directory)
+        .expect("read KILN_BENCH_PPROF_DIR")
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.to_string_lossy().ends_with(".pb.gz"))
+        .collect();
+    files.sort();
+    for path in files {
+        let bytes = std::fs::read(&path).expect("read a pprof file");
+        let Ok(parsed) = kiln_model::pprof::decode_pprof(&bytes) else {
+            continue;
+        };
+        let request = api::WriteRequest {
+            idempotency_key: "reference".into(),
+            series: vec![api::SeriesWrite {
+                labels: vec![api::Label {
+                    name: "service".into(),
+                    value: "reference".into(),
+                }],
+                profiles: vec![api::RawProfile {
+                    pprof: bytes.clone(),
+                    ..Default::default()
+                }],
+            }],
+        };
+        // Enough rounds for about half a second.
+        let mut rounds = 0u32;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(500) {
+            std::hint::black_box(kiln_node::ingest::prepare_write(request.clone()).expect("prepare_write"));
+            rounds += 1;
+        }
+        let each = started.elapsed() / rounds.max(1);
+        table.row(&[
+            path.file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            report::bytes(bytes.len() as u64),
+            parsed.samples.len().to_string(),
+            format!("{:.0}", each.as_secs_f64() * 1e6),
+            rate(per_second(parsed.samples.len() as f64, each)),
+        ]);
+    }
+    table
+}
+
 fn main() {
     let settings = Settings::from_env();
     let spec = settings.spec.clone();
@@ -599,7 +664,14 @@ fn main() {
         ),
     ]);
     fleet_table.row(&["functions".to_string(), count(fleet.function_count() as u64)]);
-    fleet_table.row(&["unique stacks".to_string(), format!("{} (depth {min_depth}-{max_depth}, mean {mean_frames:.1} locations, {mean_lines:.1} lines with inlined frames)", count(stacks as u64))]);
+    fleet_table.row(&[
+        "unique stacks".to_string(),
+        format!(
+            "{} (depth {min_depth}-{max_depth}, mean {mean_frames:.1} locations, \
+             {mean_lines:.1} lines with inlined frames)",
+            count(stacks as u64)
+        ),
+    ]);
     fleet_table.row(&["distinct locations".to_string(), count(locations as u64)]);
     fleet_table.row(&[
         "stack popularity".to_string(),
@@ -910,6 +982,9 @@ fn main() {
     };
     ingest_phases(&phase_sample, phase_samples).print();
     merge_phases(&state, &request, percentile(&after_compaction.runs, 50.0)).print();
+    if let Some(directory) = std::env::var_os("KILN_BENCH_PPROF_DIR") {
+        real_profiles(&PathBuf::from(directory)).print();
+    }
 
     // Targets.
     let ingest_rate = per_second(all.samples as f64, wall);
@@ -956,6 +1031,9 @@ fn main() {
     }
 
     state.shutdown();
+    drop(state);
+    // Remove the data directory before a failed check exits without running destructors.
+    drop(directory);
     if !problems.is_empty() {
         for problem in &problems {
             eprintln!("CHECK FAILED: {problem}");
