@@ -168,8 +168,43 @@ fn string_at(strings: &[String], index: i64, what: &str) -> Result<String, Pprof
         })
 }
 
-fn index_by_id(ids: impl Iterator<Item = u64>, what: &str) -> Result<HashMap<u64, u32>, PprofError> {
-    let mut by_id = HashMap::new();
+/// Position of each pprof id in its table. Producers such as Go's runtime number ids
+/// 1..=n, so a vector indexed by id is the common case; sparse ids fall back to a map.
+enum IdIndex {
+    Dense(Vec<u32>),
+    Sparse(HashMap<u64, u32>),
+}
+
+impl IdIndex {
+    const ABSENT: u32 = u32::MAX;
+
+    fn get(&self, id: &u64) -> Option<&u32> {
+        match self {
+            IdIndex::Dense(positions) => positions
+                .get(*id as usize)
+                .filter(|position| **position != Self::ABSENT),
+            IdIndex::Sparse(positions) => positions.get(id),
+        }
+    }
+}
+
+fn index_by_id(ids: impl ExactSizeIterator<Item = u64> + Clone, what: &str) -> Result<IdIndex, PprofError> {
+    let count = ids.len();
+    let largest = ids.clone().max().unwrap_or(0);
+    if largest <= (count as u64).saturating_mul(4).max(64) {
+        let mut positions = vec![IdIndex::ABSENT; largest as usize + 1];
+        for (index, id) in ids.enumerate() {
+            if id == 0 {
+                return Err(invalid(format!("{what} has id 0, which pprof reserves")));
+            }
+            if positions[id as usize] != IdIndex::ABSENT {
+                return Err(invalid(format!("{what} id {id} appears twice")));
+            }
+            positions[id as usize] = index as u32;
+        }
+        return Ok(IdIndex::Dense(positions));
+    }
+    let mut by_id = HashMap::with_capacity(count);
     for (index, id) in ids.enumerate() {
         if id == 0 {
             return Err(invalid(format!("{what} has id 0, which pprof reserves")));
@@ -178,7 +213,7 @@ fn index_by_id(ids: impl Iterator<Item = u64>, what: &str) -> Result<HashMap<u64
             return Err(invalid(format!("{what} id {id} appears twice")));
         }
     }
-    Ok(by_id)
+    Ok(IdIndex::Sparse(by_id))
 }
 
 /// Validates a decoded wire profile and resolves every reference.
@@ -441,6 +476,23 @@ mod tests {
             validate_and_index(bad_values),
             Err(PprofError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn sparse_and_duplicate_ids_are_handled() {
+        let mut sparse = minimal();
+        sparse.location[0].id = 1 << 40;
+        sparse.sample[0].location_id = vec![1 << 40];
+        assert_eq!(validate_and_index(sparse).unwrap().samples[0].locations, vec![0]);
+        let mut duplicate = minimal();
+        duplicate.function.push(duplicate.function[0]);
+        assert!(matches!(
+            validate_and_index(duplicate),
+            Err(PprofError::Invalid(_))
+        ));
+        let mut zero = minimal();
+        zero.location[0].id = 0;
+        assert!(matches!(validate_and_index(zero), Err(PprofError::Invalid(_))));
     }
 
     #[test]

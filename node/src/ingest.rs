@@ -12,7 +12,7 @@ use kiln_model::profile_type::ProfileType;
 use kiln_proto::kiln::v1 as api;
 
 use crate::error::NodeError;
-use crate::storage::symbols::{profile_symbols, stack_hash, SymbolWrite};
+use crate::storage::symbols::{profile_symbols, stack_hash, ContentIdHash, SymbolWrite};
 
 /// Longest idempotency key accepted, bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
@@ -85,7 +85,7 @@ pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeEr
         idempotency_key,
         ..PreparedWrite::default()
     };
-    let mut seen_symbols: HashSet<(u8, u64)> = HashSet::new();
+    let mut seen_symbols: HashSet<(u8, u64), ContentIdHash> = HashSet::default();
     for (series_index, series) in request.series.into_iter().enumerate() {
         let labels =
             LabelSet::from_user_pairs(series.labels.into_iter().map(|label| (label.name, label.value)))
@@ -119,7 +119,7 @@ pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeEr
                 }
             }
             // Aggregate samples by stack: pprof may repeat a stack (with other sample labels).
-            let mut stack_index: HashMap<u64, u32> = HashMap::new();
+            let mut stack_index: HashMap<u64, u32, ContentIdHash> = HashMap::default();
             let mut stacks: Vec<PreparedStack> = Vec::new();
             let mut values_by_stack: Vec<Vec<i64>> = Vec::new();
             let value_columns = parsed.sample_types.len();

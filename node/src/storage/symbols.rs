@@ -20,6 +20,37 @@ pub fn content_id(kind: SymbolKind, encoded: &[u8]) -> u64 {
     }
 }
 
+/// A hasher for keys that are already uniformly distributed 64-bit content hashes
+/// (symbol ids, stack hashes, series hashes): hashing them again with SipHash only
+/// costs time. Other integers are folded in so that `(kind, id)` tuples work too.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ContentIdHasher {
+    state: u64,
+}
+
+impl std::hash::Hasher for ContentIdHasher {
+    fn finish(&self) -> u64 {
+        self.state
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u8(*byte);
+        }
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.state = self.state.rotate_left(8) ^ u64::from(value);
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.state = self.state.rotate_left(8) ^ value;
+    }
+}
+
+/// Builds [`ContentIdHasher`]s; use only for maps keyed by content hashes.
+pub type ContentIdHash = std::hash::BuildHasherDefault<ContentIdHasher>;
+
 /// A function as stored: strings by id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredFunction {
@@ -209,7 +240,10 @@ pub struct ProfileSymbols {
     pub location_ids: Vec<u64>,
 }
 
-fn string_write(writes: &mut Vec<SymbolWrite>, seen: &mut std::collections::HashSet<u64>, text: &str) -> u64 {
+/// String ids already emitted for one profile.
+type StringIds = std::collections::HashSet<u64, ContentIdHash>;
+
+fn string_write(writes: &mut Vec<SymbolWrite>, seen: &mut StringIds, text: &str) -> u64 {
     let id = content_id(SymbolKind::String, text.as_bytes());
     if seen.insert(id) {
         writes.push(SymbolWrite {
@@ -221,11 +255,7 @@ fn string_write(writes: &mut Vec<SymbolWrite>, seen: &mut std::collections::Hash
     id
 }
 
-fn function_write(
-    writes: &mut Vec<SymbolWrite>,
-    seen: &mut std::collections::HashSet<u64>,
-    function: &FunctionRecord,
-) -> u64 {
+fn function_write(writes: &mut Vec<SymbolWrite>, seen: &mut StringIds, function: &FunctionRecord) -> u64 {
     let stored = StoredFunction {
         name: string_write(writes, seen, &function.name),
         system_name: string_write(writes, seen, &function.system_name),
@@ -242,11 +272,7 @@ fn function_write(
     id
 }
 
-fn mapping_write(
-    writes: &mut Vec<SymbolWrite>,
-    seen: &mut std::collections::HashSet<u64>,
-    mapping: &MappingRecord,
-) -> u64 {
+fn mapping_write(writes: &mut Vec<SymbolWrite>, seen: &mut StringIds, mapping: &MappingRecord) -> u64 {
     let flags = u8::from(mapping.has_functions)
         | (u8::from(mapping.has_filenames) << 1)
         | (u8::from(mapping.has_line_numbers) << 2)
@@ -299,7 +325,7 @@ fn location_write(location: &LocationRecord, mapping_ids: &[u64], function_ids: 
 /// Encodes every symbol of a validated profile.
 pub fn profile_symbols(profile: &ParsedProfile) -> ProfileSymbols {
     let mut writes = Vec::new();
-    let mut seen_strings = std::collections::HashSet::new();
+    let mut seen_strings = StringIds::default();
     let function_ids: Vec<u64> = profile
         .functions
         .iter()

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::blocks::encode_block;
 use super::keys::{self, GroupId, SymbolKind};
 use super::postings::{add_operand, remove_operand};
+use super::symbols::ContentIdHash;
 use super::{SeriesRecord, Storage};
 use crate::error::NodeError;
 use crate::ingest::PreparedWrite;
@@ -161,9 +162,9 @@ struct WriterState {
     next_ordinal: u32,
     next_stack_id: u64,
     next_sequence: u64,
-    series_ordinals: HashMap<u64, u32>,
-    stack_ids: HashMap<u64, u64>,
-    known_symbols: HashSet<(u8, u64)>,
+    series_ordinals: HashMap<u64, u32, ContentIdHash>,
+    stack_ids: HashMap<u64, u64, ContentIdHash>,
+    known_symbols: HashSet<(u8, u64), ContentIdHash>,
     last_seen: HashMap<u32, i64>,
     cache_capacity: usize,
 }
@@ -198,9 +199,9 @@ impl WriterState {
             next_ordinal: 0,
             next_stack_id: 0,
             next_sequence: 0,
-            series_ordinals: HashMap::new(),
-            stack_ids: HashMap::new(),
-            known_symbols: HashSet::new(),
+            series_ordinals: HashMap::default(),
+            stack_ids: HashMap::default(),
+            known_symbols: HashSet::default(),
             last_seen: HashMap::new(),
             cache_capacity,
         };
