@@ -60,6 +60,14 @@ pub fn now_unix_ms() -> i64 {
     }
 }
 
+/// The current time in nanoseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_unix_nanos() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(elapsed) => i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
 /// Formats unix milliseconds as RFC 3339 in UTC with millisecond precision when needed
 /// (`2026-11-25T18:42:00Z`, `2026-11-25T18:42:00.250Z`); out-of-range values print as plain numbers.
 pub fn format_unix_ms(unix_ms: i64) -> String {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use kiln_model::labels::{series_hash, LabelSet};
 use kiln_model::pprof::decode_pprof;
 use kiln_model::profile_type::ProfileType;
+use kiln_model::time::now_unix_nanos;
 use kiln_proto::kiln::v1 as api;
 
 use crate::error::NodeError;
@@ -58,13 +59,6 @@ pub struct PreparedWrite {
     pub pprof_count: u64,
     /// Number of (stack, value) samples stored, over all sample types.
     pub sample_count: u64,
-}
-
-fn now_unix_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// Validates and encodes a whole write request. Any invalid part rejects the whole

@@ -103,11 +103,7 @@ impl NodeState {
 
     /// Runs one retention pass now.
     pub async fn run_retention(&self) -> Result<storage::writer::RetentionOutcome, NodeError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_millis() as i64)
-            .unwrap_or(0);
-        let cutoff = now - self.config.retention.as_millis() as i64;
+        let cutoff = kiln_model::time::now_unix_ms() - self.config.retention.as_millis() as i64;
         self.writer.retention(cutoff).await
     }
 

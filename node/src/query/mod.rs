@@ -14,6 +14,7 @@ use std::sync::Arc;
 use kiln_model::labels::LabelSet;
 use kiln_model::profile_type::ProfileType;
 use kiln_model::selector::{parse_selector, Selector};
+use kiln_model::time::now_unix_ms;
 use kiln_model::tree::{StackTree, TopEntry, TruncationReport};
 use kiln_proto::kiln::v1 as api;
 use roaring::RoaringBitmap;
@@ -85,7 +86,7 @@ impl TimeRange {
     /// Checks a selection's range; an `end` of 0 means now.
     pub fn from_selection(selection: &api::Selection) -> Result<TimeRange, NodeError> {
         let end_unix_ms = if selection.end_unix_ms == 0 {
-            unix_millis_now()
+            now_unix_ms()
         } else {
             selection.end_unix_ms
         };
@@ -108,13 +109,6 @@ impl TimeRange {
     fn end_nanos_inclusive(&self) -> i64 {
         self.end_unix_ms.saturating_mul(1_000_000).saturating_add(999_999)
     }
-}
-
-fn unix_millis_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Converts a model profile type to its API form.

@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kiln_model::time::now_unix_ms;
 use roaring::RoaringBitmap;
 use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
@@ -73,13 +74,6 @@ pub struct Writer {
     sender: parking_lot::Mutex<Option<mpsc::Sender<Job>>>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     metrics: Arc<Metrics>,
-}
-
-fn unix_millis_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Writer {
@@ -423,7 +417,7 @@ impl WriterState {
         batch.put_cf(
             meta_cf,
             keys::idempotency_key(self.group, &write.idempotency_key),
-            unix_millis_now().to_be_bytes(),
+            now_unix_ms().to_be_bytes(),
         );
         keys_in_batch.insert(write.idempotency_key);
         Ok(WriteOutcome {
@@ -565,7 +559,7 @@ impl WriterState {
             outcome.series_expired += 1;
         }
 
-        let key_cutoff = unix_millis_now() - IDEMPOTENCY_WINDOW.as_millis() as i64;
+        let key_cutoff = now_unix_ms() - IDEMPOTENCY_WINDOW.as_millis() as i64;
         let meta_cf = storage.cf(keys::CF_META)?;
         let mut expired_keys = Vec::new();
         self.storage.scan_prefix(
