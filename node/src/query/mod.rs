@@ -578,20 +578,16 @@ impl QueryEngine {
     pub fn labels(&self, request: &api::LabelsRequest) -> Result<api::LabelsResponse, NodeError> {
         self.observe("labels", || {
             let selected = self.optional_selection(request.selection.as_ref())?;
-            let mut names = Vec::new();
-            for name in self.storage.posting_names(self.group)? {
-                if name.starts_with("__") {
-                    continue;
-                }
-                let any = self
-                    .storage
-                    .posting_values(self.group, &name)?
-                    .iter()
-                    .any(|(_, bitmap)| !bitmap.is_disjoint(&selected));
-                if any {
-                    names.push(name);
-                }
-            }
+            // One pass over every posting of the group, in name order.
+            let mut names: Vec<String> = Vec::new();
+            self.storage
+                .scan_postings(&keys::posting_group_prefix(self.group), |name, _, bitmap| {
+                    let reserved = name.starts_with("__");
+                    let known = names.last().is_some_and(|last| last == name);
+                    if !reserved && !known && !bitmap.is_disjoint(&selected) {
+                        names.push(name.to_string());
+                    }
+                })?;
             Ok(api::LabelsResponse {
                 names,
                 coverage: complete_coverage(),
@@ -669,25 +665,21 @@ impl QueryEngine {
     ) -> Result<api::ProfileTypesResponse, NodeError> {
         self.observe("types", || {
             let mut types = Vec::new();
+            let alive = match request.start_unix_ms {
+                start if start > 0 => Some(select::alive_since(
+                    &self.storage,
+                    self.group,
+                    &select::all_series(&self.storage, self.group)?,
+                    start,
+                )?),
+                _ => None,
+            };
             for (id, bitmap) in self
                 .storage
                 .posting_values(self.group, keys::PROFILE_TYPE_POSTING)?
             {
-                if request.start_unix_ms > 0 {
-                    let mut alive = false;
-                    for ordinal in &bitmap {
-                        if self
-                            .storage
-                            .series_last_seen(self.group, ordinal)?
-                            .is_some_and(|last| last >= request.start_unix_ms)
-                        {
-                            alive = true;
-                            break;
-                        }
-                    }
-                    if !alive {
-                        continue;
-                    }
+                if alive.as_ref().is_some_and(|alive| bitmap.is_disjoint(alive)) {
+                    continue;
                 }
                 let profile_type =
                     ProfileType::parse(&id).map_err(|error| NodeError::Corrupt(error.to_string()))?;

@@ -56,17 +56,27 @@ pub fn select_series(
         }
         selected = matcher_series(storage, group, matcher, &selected)?;
     }
-    if not_before_unix_ms != i64::MIN && !selected.is_empty() {
-        let mut alive = RoaringBitmap::new();
-        for ordinal in &selected {
-            if storage
-                .series_last_seen(group, ordinal)?
-                .is_some_and(|last| last >= not_before_unix_ms)
-            {
-                alive.insert(ordinal);
-            }
-        }
-        selected = alive;
+    if not_before_unix_ms != i64::MIN {
+        selected = alive_since(storage, group, &selected, not_before_unix_ms)?;
     }
     Ok(selected)
+}
+
+/// The series of `candidates` whose newest sample is at or after `not_before_unix_ms`.
+pub fn alive_since(
+    storage: &Storage,
+    group: GroupId,
+    candidates: &RoaringBitmap,
+    not_before_unix_ms: i64,
+) -> Result<RoaringBitmap, NodeError> {
+    let mut alive = RoaringBitmap::new();
+    for ordinal in candidates {
+        if storage
+            .series_last_seen(group, ordinal)?
+            .is_some_and(|last| last >= not_before_unix_ms)
+        {
+            alive.insert(ordinal);
+        }
+    }
+    Ok(alive)
 }

@@ -290,43 +290,37 @@ impl Storage {
         }
     }
 
+    /// Every non-empty posting under `prefix` (see [`keys::posting_name_prefix`] and
+    /// [`keys::posting_group_prefix`]), in key order: `visit(name, value, bitmap)`.
+    pub fn scan_postings(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(&str, &str, RoaringBitmap),
+    ) -> Result<(), NodeError> {
+        self.scan_prefix(keys::CF_POSTINGS, prefix, |key, value| {
+            let Some((name, label_value)) = keys::decode_posting_key(key) else {
+                return Err(NodeError::Corrupt("posting key is not name\\0value".into()));
+            };
+            let bitmap = postings::decode_posting(value)
+                .ok_or_else(|| NodeError::Corrupt(format!("posting {name}={label_value} is not a bitmap")))?;
+            if !bitmap.is_empty() {
+                visit(name, label_value, bitmap);
+            }
+            Ok(true)
+        })
+    }
+
     /// Every value of label `name` with its bitmap.
     pub fn posting_values(
         &self,
         group: GroupId,
         name: &str,
     ) -> Result<Vec<(String, RoaringBitmap)>, NodeError> {
-        let prefix = keys::posting_name_prefix(group, name);
         let mut values = Vec::new();
-        self.scan_prefix(keys::CF_POSTINGS, &prefix, |key, value| {
-            let Some((_, label_value)) = keys::decode_posting_key(key) else {
-                return Err(NodeError::Corrupt("posting key is not name\\0value".into()));
-            };
-            let bitmap = postings::decode_posting(value)
-                .ok_or_else(|| NodeError::Corrupt(format!("posting {name}={label_value} is not a bitmap")))?;
-            if !bitmap.is_empty() {
-                values.push((label_value.to_string(), bitmap));
-            }
-            Ok(true)
+        self.scan_postings(&keys::posting_name_prefix(group, name), |_, value, bitmap| {
+            values.push((value.to_string(), bitmap));
         })?;
         Ok(values)
-    }
-
-    /// Every label name with at least one series, reserved names included.
-    pub fn posting_names(&self, group: GroupId) -> Result<Vec<String>, NodeError> {
-        let mut names: Vec<String> = Vec::new();
-        let prefix = keys::posting_group_prefix(group);
-        self.scan_prefix(keys::CF_POSTINGS, &prefix, |key, value| {
-            let Some((name, _)) = keys::decode_posting_key(key) else {
-                return Err(NodeError::Corrupt("posting key is not name\\0value".into()));
-            };
-            let non_empty = postings::decode_posting(value).is_some_and(|bitmap| !bitmap.is_empty());
-            if non_empty && names.last().map(String::as_str) != Some(name) {
-                names.push(name.to_string());
-            }
-            Ok(true)
-        })?;
-        Ok(names)
     }
 
     /// The series record of an ordinal, if the series exists.
