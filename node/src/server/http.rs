@@ -145,21 +145,23 @@ async fn ingest(
     let idempotency_key = parameters.idempotency_key.unwrap_or_else(|| {
         // Without a key the body's hash identifies the batch, so a blind retry of
         // the same bytes and labels is still stored once.
-        let mut hasher_input = body.to_vec();
+        // Hashed in place: the body may be tens of megabytes.
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(&body);
         for label in &labels {
-            hasher_input.extend_from_slice(label.name.as_bytes());
-            hasher_input.push(0);
-            hasher_input.extend_from_slice(label.value.as_bytes());
-            hasher_input.push(0);
+            for part in [label.name.as_bytes(), label.value.as_bytes()] {
+                hasher.update(part);
+                hasher.update(&[0]);
+            }
         }
-        format!("http-{:032x}", xxhash_rust::xxh3::xxh3_128(&hasher_input))
+        format!("http-{:032x}", hasher.digest128())
     });
     let request = api::WriteRequest {
         idempotency_key,
         series: vec![api::SeriesWrite {
             labels,
             profiles: vec![api::RawProfile {
-                pprof: body.to_vec(),
+                pprof: Vec::from(body),
                 name: parameters.name.unwrap_or_default(),
                 default_time_unix_nanos,
                 delta: None,
