@@ -1,0 +1,24 @@
+//! `kiln-agent`: one per host. An eBPF sampler profiles every process on the host (CPU, frame-pointer
+//! stacks, user and kernel), a scraper fetches pprof profiles from Go `net/http/pprof` endpoints, and both
+//! push to Kiln through an on-disk spool.
+//!
+//! - [`bpf`]: loads and drains the BPF program (`bpf/profiler.bpf.c`);
+//! - [`process`], [`symbolize`], [`profile`]: `/proc` information, blazesym symbolization, pprof building;
+//! - [`cpu`]: the drain → label → symbolize → profile loop;
+//! - [`scrape`]: pprof scraping;
+//! - [`relabel`]: Prometheus-style relabel rules;
+//! - [`spool`], [`push`]: durable, bounded, ordered delivery through a swappable [`push::Sink`];
+//! - [`config`], [`metrics`], [`shutdown`]: configuration, `/metrics`, cancellation.
+
+pub mod bpf;
+pub mod config;
+pub mod cpu;
+pub mod metrics;
+pub mod process;
+pub mod profile;
+pub mod push;
+pub mod relabel;
+pub mod scrape;
+pub mod shutdown;
+pub mod spool;
+pub mod symbolize;

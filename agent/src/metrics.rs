@@ -1,0 +1,160 @@
+//! The agent's own metrics, served at `/metrics` in the Prometheus text format.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label of counters split by kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The kind.
+    pub kind: String,
+}
+
+/// Label of scrape counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScrapeLabel {
+    /// Scrape job.
+    pub job: String,
+    /// Profile kind (cpu, heap, ...).
+    pub profile: String,
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+/// Every metric the agent exports. Cheap to clone (shared handles).
+#[derive(Clone)]
+pub struct Metrics {
+    /// Samples recorded by the BPF program (charged to a process).
+    pub samples: Counter,
+    /// Samples of idle CPUs (not recorded).
+    pub idle_samples: Counter,
+    /// Distinct (process, user stack, kernel stack) keys drained.
+    pub stacks: Counter,
+    /// Stack-map errors: `user_collision`, `kernel_collision`, `stack_map_full`.
+    pub stack_errors: Family<KindLabel, Counter>,
+    /// Samples lost in the kernel (counts map full).
+    pub lost_samples: Counter,
+    /// Addresses that could not be symbolized.
+    pub symbolization_failures: Counter,
+    /// Profiles built by the CPU profiler.
+    pub profiles: Counter,
+    /// Drain cycles that failed.
+    pub cycle_errors: Counter,
+    /// Seconds per successful push of one batch.
+    pub push_duration: Histogram,
+    /// Failed push attempts, by kind (`unavailable`, `rejected`).
+    pub push_errors: Family<KindLabel, Counter>,
+    /// Batches acknowledged by the node.
+    pub batches_pushed: Counter,
+    /// Bytes in the spool.
+    pub spool_bytes: Gauge<u64, AtomicU64>,
+    /// Batches in the spool.
+    pub spool_batches: Gauge<u64, AtomicU64>,
+    /// Batches dropped, by reason (`spool_full`, `rejected`, `corrupt`).
+    pub dropped_batches: Family<KindLabel, Counter>,
+    /// Scrapes by job, profile and result.
+    pub scrapes: Family<ScrapeLabel, Counter>,
+    /// 1 when the BPF profiler runs.
+    pub bpf_running: Gauge,
+    registry: Arc<Registry>,
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `kiln_agent` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("kiln_agent");
+        let samples = Counter::default();
+        registry.register("samples", "CPU samples charged to a process", samples.clone());
+        let idle_samples = Counter::default();
+        registry.register("idle_samples", "CPU samples of idle CPUs (not recorded)", idle_samples.clone());
+        let stacks = Counter::default();
+        registry.register("stacks", "Distinct (process, user stack, kernel stack) keys drained", stacks.clone());
+        let stack_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "stack_errors",
+            "bpf_get_stackid failures: user_collision, kernel_collision, stack_map_full",
+            stack_errors.clone(),
+        );
+        let lost_samples = Counter::default();
+        registry.register("lost_samples", "Samples lost in the kernel (counts map full)", lost_samples.clone());
+        let symbolization_failures = Counter::default();
+        registry.register(
+            "symbolization_failures",
+            "Addresses that could not be symbolized",
+            symbolization_failures.clone(),
+        );
+        let profiles = Counter::default();
+        registry.register("profiles", "CPU profiles built (one per series per cycle)", profiles.clone());
+        let cycle_errors = Counter::default();
+        registry.register("cycle_errors", "Profiling cycles that failed", cycle_errors.clone());
+        let push_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register("push_duration_seconds", "Time to push one batch", push_duration.clone());
+        let push_errors = Family::<KindLabel, Counter>::default();
+        registry.register("push_errors", "Failed pushes by kind", push_errors.clone());
+        let batches_pushed = Counter::default();
+        registry.register("batches_pushed", "Batches acknowledged by the node", batches_pushed.clone());
+        let spool_bytes = Gauge::<u64, AtomicU64>::default();
+        registry.register("spool_bytes", "Bytes of batches waiting in the spool", spool_bytes.clone());
+        let spool_batches = Gauge::<u64, AtomicU64>::default();
+        registry.register("spool_batches", "Batches waiting in the spool", spool_batches.clone());
+        let dropped_batches = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "dropped_batches",
+            "Batches dropped: spool_full, rejected (by the node), corrupt (spool file)",
+            dropped_batches.clone(),
+        );
+        let scrapes = Family::<ScrapeLabel, Counter>::default();
+        registry.register("scrapes", "pprof scrapes by job, profile and result", scrapes.clone());
+        let bpf_running = Gauge::default();
+        registry.register("bpf_running", "1 when the eBPF CPU profiler is running", bpf_running.clone());
+        Metrics {
+            samples,
+            idle_samples,
+            stacks,
+            stack_errors,
+            lost_samples,
+            symbolization_failures,
+            profiles,
+            cycle_errors,
+            push_duration,
+            push_errors,
+            batches_pushed,
+            spool_bytes,
+            spool_batches,
+            dropped_batches,
+            scrapes,
+            bpf_running,
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// Shorthand for a counter of a [`KindLabel`] family.
+    pub fn kind(family: &Family<KindLabel, Counter>, kind: &str) -> Counter {
+        family
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .clone()
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,377 @@
+//! Address → function/file/line, with blazesym: kernel addresses through kallsyms, user addresses through
+//! the ELF symbols and DWARF of the mapped file (demangled, inlined frames kept).
+//!
+//! Results are cached across cycles, keyed by the file's build id (or path, device and inode when it has
+//! none) and file offset, so a binary shared by many processes, or seen again next cycle, is symbolized
+//! once. Every failure is local: an address that cannot be symbolized becomes an unknown frame and is
+//! counted, never an error for the cycle.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use blazesym::symbolize::source::{Elf, Kernel, Source};
+use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
+use blazesym::MaybeDefault;
+
+use crate::process::{Mapping, ProcessInfo};
+
+/// One function frame. A location with inlined calls has several, innermost first (pprof's order).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Frame {
+    /// Demangled function name, or `[unknown]`-style marker.
+    pub function: String,
+    /// Source file, when DWARF has it.
+    pub file: String,
+    /// Source line, 0 when unknown.
+    pub line: u32,
+}
+
+/// The frames of one address, innermost (inlined) first; never empty.
+pub type Frames = Arc<Vec<Frame>>;
+
+/// How a file is identified in the caches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    /// Hex build id, empty when the file has none.
+    pub build_id: String,
+    /// Path inside the process' mount namespace.
+    pub path: String,
+    /// Device and inode.
+    pub dev_inode: (String, u64),
+}
+
+/// Counters of the symbolizer's work.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SymbolizeStats {
+    /// Addresses that could not be symbolized (unknown frames produced).
+    pub failures: u64,
+    /// Addresses answered from the cache.
+    pub cache_hits: u64,
+    /// Addresses sent to blazesym.
+    pub cache_misses: u64,
+}
+
+/// Caching symbolizer. Not `Sync`: one per profiling loop.
+pub struct Symbolizer {
+    blaze: Blaze,
+    kernel_source: Source<'static>,
+    user: HashMap<(FileKey, u64), Frames>,
+    kernel: HashMap<u64, Frames>,
+    files: HashMap<(String, (String, u64)), Option<FileKey>>,
+    stats: SymbolizeStats,
+    max_entries: usize,
+}
+
+fn unknown(label: &str) -> Frames {
+    Arc::new(vec![Frame {
+        function: label.to_string(),
+        file: String::new(),
+        line: 0,
+    }])
+}
+
+fn blaze() -> Blaze {
+    Blaze::builder()
+        .enable_code_info(true)
+        .enable_inlined_fns(true)
+        .enable_demangling(true)
+        .build()
+}
+
+impl Symbolizer {
+    /// A symbolizer whose result caches hold at most `max_entries` addresses each (then they are
+    /// cleared: simpler than LRU and bounded; a cleared cache refills from blazesym's parsed files).
+    pub fn new(max_entries: usize) -> Self {
+        let kernel = Kernel {
+            kallsyms: MaybeDefault::Default,
+            // kallsyms alone: a vmlinux with debug info is rarely installed, and searching for it costs.
+            vmlinux: MaybeDefault::None,
+            ..Default::default()
+        };
+        Symbolizer {
+            blaze: blaze(),
+            kernel_source: Source::Kernel(kernel),
+            user: HashMap::new(),
+            kernel: HashMap::new(),
+            files: HashMap::new(),
+            stats: SymbolizeStats::default(),
+            max_entries: max_entries.max(1024),
+        }
+    }
+
+    /// Work counters since creation.
+    pub fn stats(&self) -> SymbolizeStats {
+        self.stats
+    }
+
+    /// Drops blazesym's parsed files (their memory) while keeping the result caches; called between
+    /// cycles to bound memory.
+    pub fn release_parsed_files(&mut self) {
+        self.blaze = blaze();
+    }
+
+    /// Symbolizes kernel addresses; `addresses[i]` is a return address for `i > 0` (leaf first) and is
+    /// looked up one byte earlier so that the call site, not the next statement, is named.
+    pub fn kernel_frames(&mut self, addresses: &[u64]) -> Vec<Frames> {
+        let lookups: Vec<u64> = lookup_addresses(addresses);
+        let missing: Vec<u64> = lookups
+            .iter()
+            .copied()
+            .filter(|address| !self.kernel.contains_key(address))
+            .collect();
+        self.stats.cache_hits += (lookups.len() - missing.len()) as u64;
+        if !missing.is_empty() {
+            self.stats.cache_misses += missing.len() as u64;
+            if self.kernel.len() + missing.len() > self.max_entries {
+                self.kernel.clear();
+            }
+            match self.blaze.symbolize(&self.kernel_source, Input::AbsAddr(&missing)) {
+                Ok(results) => {
+                    for (address, result) in missing.iter().zip(results) {
+                        let frames = convert(&result).unwrap_or_else(|| {
+                            self.stats.failures += 1;
+                            unknown("[unknown kernel]")
+                        });
+                        self.kernel.insert(*address, frames);
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "kernel symbolization failed");
+                    self.stats.failures += missing.len() as u64;
+                    for address in &missing {
+                        self.kernel.insert(*address, unknown("[unknown kernel]"));
+                    }
+                }
+            }
+        }
+        lookups
+            .iter()
+            .map(|address| self.kernel.get(address).cloned().unwrap_or_else(|| unknown("[unknown kernel]")))
+            .collect()
+    }
+
+    /// Symbolizes user addresses of `process` (leaf first, like [`Self::kernel_frames`]). Addresses
+    /// outside any file mapping, and files that cannot be read, give unknown frames naming the mapping.
+    pub fn user_frames(&mut self, proc_root: &std::path::Path, pid: u32, process: &ProcessInfo, addresses: &[u64]) -> Vec<Frames> {
+        let lookups = lookup_addresses(addresses);
+        let mut out: Vec<Option<Frames>> = vec![None; lookups.len()];
+        // Group the misses by file so blazesym gets one batch per file.
+        let mut misses: HashMap<FileKey, (PathBuf, Vec<(usize, u64)>)> = HashMap::new();
+        for (index, address) in lookups.iter().enumerate() {
+            let Some(mapping) = process.mapping_for(*address) else {
+                self.stats.failures += 1;
+                out[index] = Some(unknown(if process.known { "[unknown]" } else { "[exited process]" }));
+                continue;
+            };
+            if !mapping.is_file() {
+                self.stats.failures += 1;
+                out[index] = Some(unknown(&mapping.path.clone().if_empty("[anonymous]")));
+                continue;
+            }
+            let file_offset = address - mapping.start + mapping.offset;
+            let Some((key, open_path)) = self.file_key(proc_root, pid, mapping) else {
+                self.stats.failures += 1;
+                out[index] = Some(unknown(&format!("[{}]", basename(&mapping.path))));
+                continue;
+            };
+            if let Some(frames) = self.user.get(&(key.clone(), file_offset)) {
+                self.stats.cache_hits += 1;
+                out[index] = Some(frames.clone());
+                continue;
+            }
+            misses
+                .entry(key)
+                .or_insert_with(|| (open_path, Vec::new()))
+                .1
+                .push((index, file_offset));
+        }
+        let total_misses: usize = misses.values().map(|(_, list)| list.len()).sum();
+        if self.user.len() + total_misses > self.max_entries {
+            self.user.clear();
+        }
+        for (key, (open_path, list)) in misses {
+            self.stats.cache_misses += list.len() as u64;
+            let offsets: Vec<u64> = list.iter().map(|(_, offset)| *offset).collect();
+            let source = Source::Elf(Elf::new(open_path));
+            let results = match self.blaze.symbolize(&source, Input::FileOffset(&offsets)) {
+                Ok(results) => results.iter().map(convert).collect::<Vec<_>>(),
+                Err(error) => {
+                    tracing::debug!(%error, path = %key.path, "user symbolization failed");
+                    vec![None; offsets.len()]
+                }
+            };
+            for ((index, offset), result) in list.into_iter().zip(results) {
+                let frames = result.unwrap_or_else(|| {
+                    self.stats.failures += 1;
+                    unknown(&format!("[{}+{offset:#x}]", basename(&key.path)))
+                });
+                self.user.insert((key.clone(), offset), frames.clone());
+                out[index] = Some(frames);
+            }
+        }
+        out.into_iter()
+            .map(|frames| frames.unwrap_or_else(|| unknown("[unknown]")))
+            .collect()
+    }
+
+    /// The cache key of a mapped file and the path to open it by: the plain path when it is the same
+    /// file in our mount namespace (so blazesym parses a binary shared by many processes once),
+    /// `/proc/PID/root/PATH` otherwise (containers).
+    fn file_key(&mut self, proc_root: &std::path::Path, pid: u32, mapping: &Mapping) -> Option<(FileKey, PathBuf)> {
+        let through_proc = proc_root.join(pid.to_string()).join("root").join(mapping.path.trim_start_matches('/'));
+        let plain = PathBuf::from(&mapping.path);
+        let open_path = if same_file(&plain, &mapping.dev_inode) {
+            plain
+        } else if through_proc.exists() {
+            through_proc
+        } else {
+            return None;
+        };
+        let cache_key = (mapping.path.clone(), mapping.dev_inode.clone());
+        if let Some(known) = self.files.get(&cache_key) {
+            return known.clone().map(|key| (key, open_path));
+        }
+        let build_id = match blazesym::helper::read_elf_build_id(&open_path) {
+            Ok(Some(id)) => id.iter().map(|byte| format!("{byte:02x}")).collect(),
+            Ok(None) => String::new(),
+            Err(_) => {
+                self.files.insert(cache_key, None);
+                return None;
+            }
+        };
+        let key = FileKey {
+            build_id,
+            path: mapping.path.clone(),
+            dev_inode: mapping.dev_inode.clone(),
+        };
+        if self.files.len() > self.max_entries {
+            self.files.clear();
+        }
+        self.files.insert(cache_key, Some(key.clone()));
+        Some((key, open_path))
+    }
+
+    /// The build id (hex) of a mapping's file, when known.
+    pub fn build_id(&self, mapping: &Mapping) -> String {
+        self.files
+            .get(&(mapping.path.clone(), mapping.dev_inode.clone()))
+            .and_then(|key| key.as_ref().map(|key| key.build_id.clone()))
+            .unwrap_or_default()
+    }
+}
+
+trait IfEmpty {
+    fn if_empty(self, fallback: &str) -> String;
+}
+
+impl IfEmpty for String {
+    fn if_empty(self, fallback: &str) -> String {
+        if self.is_empty() {
+            fallback.to_string()
+        } else {
+            self
+        }
+    }
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// True when `path` in our mount namespace is the file with this device and inode. `/proc/PID/maps`
+/// prints the device as `major:minor` in hex.
+fn same_file(path: &std::path::Path, dev_inode: &(String, u64)) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return false;
+    };
+    if metadata.ino() != dev_inode.1 {
+        return false;
+    }
+    let dev = metadata.dev();
+    let major = libc::major(dev);
+    let minor = libc::minor(dev);
+    let Some((want_major, want_minor)) = dev_inode.0.split_once(':') else {
+        return false;
+    };
+    u32::from_str_radix(want_major, 16).ok() == Some(major) && u32::from_str_radix(want_minor, 16).ok() == Some(minor)
+}
+
+/// Leaf first: the leaf is the interrupted instruction, every other frame a return address, looked up
+/// one byte earlier (inside the call instruction).
+pub fn lookup_addresses(addresses: &[u64]) -> Vec<u64> {
+    addresses
+        .iter()
+        .enumerate()
+        .map(|(index, address)| if index == 0 { *address } else { address.saturating_sub(1) })
+        .collect()
+}
+
+fn convert(result: &Symbolized<'_>) -> Option<Frames> {
+    let Symbolized::Sym(sym) = result else {
+        return None;
+    };
+    // blazesym gives every level its own location: the symbol's code info is the line in the outer
+    // function (the call site of the first inlined function), each inlined function's the line inside
+    // it. Levels come outermost first; pprof wants the innermost first.
+    let mut frames = Vec::with_capacity(1 + sym.inlined.len());
+    let frame = |name: &str, code: Option<&blazesym::symbolize::CodeInfo<'_>>| Frame {
+        function: name.to_string(),
+        file: code.map(code_path).unwrap_or_default(),
+        line: code.and_then(|code| code.line).unwrap_or(0),
+    };
+    for inlined in sym.inlined.iter().rev() {
+        frames.push(frame(&inlined.name, inlined.code_info.as_ref()));
+    }
+    frames.push(frame(&sym.name, sym.code_info.as_deref()));
+    Some(Arc::new(frames))
+}
+
+fn code_path(code: &blazesym::symbolize::CodeInfo<'_>) -> String {
+    match &code.dir {
+        Some(dir) => dir.join(&*code.file).to_string_lossy().into_owned(),
+        None => code.file.to_string_lossy().into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_addresses_are_looked_up_one_byte_early() {
+        assert_eq!(lookup_addresses(&[100, 200, 300]), vec![100, 199, 299]);
+        assert_eq!(lookup_addresses(&[]), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn own_function_symbolizes_with_line() {
+        // Symbolize a function of this test binary through its own mappings.
+        let pid = std::process::id();
+        let process = crate::process::read_process(std::path::Path::new("/proc"), pid);
+        let address = own_function_symbolizes_with_line as fn() as usize as u64;
+        let mut symbolizer = Symbolizer::new(4096);
+        let frames = symbolizer.user_frames(std::path::Path::new("/proc"), pid, &process, &[address]);
+        let innermost = &frames[0][0];
+        assert!(
+            innermost.function.contains("own_function_symbolizes_with_line"),
+            "got {frames:?}"
+        );
+        assert!(innermost.file.ends_with("symbolize.rs"), "got {frames:?}");
+        // Second time: from the cache.
+        let hits = symbolizer.stats().cache_hits;
+        let _ = symbolizer.user_frames(std::path::Path::new("/proc"), pid, &process, &[address]);
+        assert_eq!(symbolizer.stats().cache_hits, hits + 1);
+    }
+
+    #[test]
+    fn unmapped_address_is_unknown_not_an_error() {
+        let process = ProcessInfo::default();
+        let mut symbolizer = Symbolizer::new(4096);
+        let frames = symbolizer.user_frames(std::path::Path::new("/proc"), 1, &process, &[0x10, 0x20]);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0][0].function, "[exited process]");
+        assert_eq!(symbolizer.stats().failures, 2);
+    }
+}
