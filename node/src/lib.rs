@@ -72,6 +72,8 @@ pub struct NodeState {
     pub metrics: Arc<Metrics>,
     /// Configuration.
     pub config: NodeConfig,
+    /// Uptime and recent writers, for the status page.
+    pub status: server::status::StatusTracker,
 }
 
 impl NodeState {
@@ -98,6 +100,7 @@ impl NodeState {
             engine,
             metrics,
             config,
+            status: server::status::StatusTracker::new(),
         }))
     }
 

@@ -35,6 +35,7 @@ pub async fn blocking<T: Send + 'static>(
 
 /// Stores a write request: validate and encode on the blocking pool, then commit.
 pub async fn write(state: &NodeState, request: api::WriteRequest) -> Result<api::WriteResponse, NodeError> {
+    let writers = super::status::RequestWriters::of(&request);
     let prepared = blocking(move || crate::ingest::prepare_write(request)).await;
     let prepared = match prepared {
         Ok(prepared) => prepared,
@@ -46,6 +47,7 @@ pub async fn write(state: &NodeState, request: api::WriteRequest) -> Result<api:
     let outcome = state.writer.write(prepared).await.inspect_err(|error| {
         state.metrics.count_error("write", error.grpc_code());
     })?;
+    state.status.record(writers, kiln_model::time::now_unix_ms());
     Ok(api::WriteResponse {
         duplicate: outcome.duplicate,
         profiles: outcome.profiles,

@@ -42,6 +42,8 @@ pub fn router(state: Arc<NodeState>, max_body_bytes: usize) -> Router {
         .route("/api/v1/labels/{name}/values", get(label_values))
         .route("/api/v1/series", get(series))
         .route("/api/v1/profile-types", get(profile_types))
+        .route("/api/v1/status", get(super::status::status))
+        .merge(super::ui::router())
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

@@ -3,6 +3,8 @@
 
 pub mod grpc;
 pub mod http;
+pub mod status;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,0 +1,108 @@
+// Compare: selections A and B side by side (label sets and/or time ranges), the diff flame graph
+// coloured by relative change, and the biggest regressions and improvements.
+
+import { api, type RangeResult } from '../api';
+import type { App } from '../main';
+import { type AppState, type Range, resolveTime, selectorOf } from '../state';
+import { errorBox, h } from './dom';
+import { MetricsChart } from './metrics';
+import { ProfilePanel } from './profile';
+import { MatcherInput, TimeRangePicker, TypePicker, defaultType } from './querybar';
+
+class Side {
+  readonly element: HTMLElement;
+  readonly matchers: MatcherInput;
+  readonly range: TimeRangePicker;
+  readonly chart: MetricsChart;
+
+  constructor(app: App, readonly name: 'a' | 'b', submit: () => void) {
+    const rangeKey = name === 'a' ? 'aRange' : 'bRange';
+    this.matchers = new MatcherInput({ type: () => app.state.type, range: () => app.state[rangeKey] }, submit);
+    this.range = new TimeRangePicker((range: Range) => app.update({ [rangeKey]: range, zoom: [] }, true));
+    this.chart = new MetricsChart((fromMs, toMs) => app.update({ [rangeKey]: { from: String(fromMs), to: String(toMs) }, zoom: [] }, true), 120);
+    this.element = h(
+      'section',
+      { class: `card side side-${name}` },
+      h('h2', {}, name === 'a' ? 'A · baseline' : 'B · comparison'),
+      h('div', { class: 'query-bar' }, this.matchers.element, this.range.element),
+      this.chart.element,
+    );
+  }
+}
+
+export class CompareView {
+  readonly element: HTMLDivElement;
+  readonly panel: ProfilePanel;
+  private readonly types: TypePicker;
+  private readonly a: Side;
+  private readonly b: Side;
+  private readonly messages: HTMLDivElement;
+  private controller: AbortController | null = null;
+
+  constructor(private app: App) {
+    const submit = () => app.update({ a: this.a.matchers.value.trim(), b: this.b.matchers.value.trim(), zoom: [], fn: '' }, true);
+    this.types = new TypePicker((type) => app.update({ type, zoom: [], fn: '' }, true));
+    this.a = new Side(app, 'a', submit);
+    this.b = new Side(app, 'b', submit);
+    this.messages = h('div', { class: 'messages' });
+    this.panel = new ProfilePanel({ onViewChange: (view) => app.update(view, false, false) }, 'diff');
+    this.element = h(
+      'div',
+      { class: 'compare' },
+      h('div', { class: 'query-bar' }, h('label', {}, 'Profile type ', this.types.element), h('button', { type: 'button', class: 'primary run', onclick: submit }, 'Compare')),
+      h('div', { class: 'sides' }, this.a.element, this.b.element),
+      this.messages,
+      h('section', { class: 'card' }, this.panel.element),
+    );
+  }
+
+  async load(state: AppState): Promise<void> {
+    this.controller?.abort();
+    const controller = new AbortController();
+    this.controller = controller;
+    const signal = controller.signal;
+    this.messages.replaceChildren();
+    this.a.matchers.value = state.a;
+    this.b.matchers.value = state.b;
+    this.a.range.set(state.aRange);
+    this.b.range.set(state.bRange);
+    const now = Date.now();
+    const resolve = (range: Range) => ({ fromMs: resolveTime(range.from, now), toMs: resolveTime(range.to, now) });
+    try {
+      const earliest = resolve(state.aRange).fromMs <= resolve(state.bRange).fromMs ? state.aRange.from : state.bRange.from;
+      const types = await api.profileTypes(earliest);
+      if (signal.aborted) return;
+      const type = state.type || defaultType(types);
+      if (!type) {
+        this.messages.append(h('div', { class: 'empty' }, 'No profiles in these time ranges.'));
+        this.app.loaded();
+        return;
+      }
+      if (!state.type) {
+        this.app.state.type = type;
+        this.app.replaceUrl();
+      }
+      this.types.set(types, type);
+      const a = { selector: selectorOf(type, state.a), ...state.aRange };
+      const b = { selector: selectorOf(type, state.b), ...state.bRange };
+      const [rangeA, rangeB, diff] = await Promise.all([
+        api.range(a.selector, a.from, a.to, '', signal),
+        api.range(b.selector, b.from, b.to, '', signal),
+        api.diff(a, b, signal),
+      ]);
+      if (signal.aborted) return;
+      const show = (side: Side, range: RangeResult, window: Range) => {
+        const resolved = resolve(window);
+        side.chart.set(range, resolved.fromMs, resolved.toMs);
+      };
+      show(this.a, rangeA, state.aRange);
+      show(this.b, rangeB, state.bRange);
+      this.panel.showDiff(diff, resolve(state.bRange), `${a.selector} → ${b.selector}`, { search: state.search, zoom: state.zoom, fn: state.fn });
+      this.app.loaded();
+    } catch (error) {
+      if (signal.aborted) return;
+      this.messages.append(errorBox(error instanceof Error ? error.message : String(error)));
+      this.app.loaded();
+    }
+  }
+}

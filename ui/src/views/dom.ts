@@ -1,0 +1,42 @@
+// Small DOM helpers.
+
+type Attributes = Record<string, string | number | boolean | undefined | ((event: Event) => void)>;
+
+/** Creates an element with attributes (`on*` keys become listeners) and children. */
+export function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attributes: Attributes = {},
+  ...children: (Node | string | null | undefined | false)[]
+): HTMLElementTagNameMap[K] {
+  const element = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (value === undefined || value === false) continue;
+    if (typeof value === 'function') {
+      element.addEventListener(key.slice(2).toLowerCase(), value as EventListener);
+    } else if (key === 'class') {
+      element.className = String(value);
+    } else if (value === true) {
+      element.setAttribute(key, '');
+    } else {
+      element.setAttribute(key, String(value));
+    }
+  }
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    element.append(child);
+  }
+  return element;
+}
+
+/** Calls `run` once `wait` ms after the last call. */
+export function debounce<A extends unknown[]>(run: (...args: A) => void, wait: number): (...args: A) => void {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return (...args: A) => {
+    if (timer !== undefined) clearTimeout(timer);
+    timer = setTimeout(() => run(...args), wait);
+  };
+}
+
+export function errorBox(message: string): HTMLElement {
+  return h('div', { class: 'error', role: 'alert' }, message);
+}
