@@ -2,7 +2,11 @@
 //! `protoc` binary is needed on PATH.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["kiln/v1/kiln.proto", "google/pprof/profile.proto"];
+    let protos = [
+        "kiln/v1/kiln.proto",
+        "kiln/v1/cluster.proto",
+        "google/pprof/profile.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

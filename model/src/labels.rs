@@ -52,7 +52,12 @@ pub fn is_valid_label_name(name: &str) -> bool {
 
 /// A validated label set: names valid and unique, sorted by name, no empty values
 /// (as in Prometheus, an empty value is the same as no label).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// The serde form is for Kiln's own records (raft log entries) only: deserializing
+/// does not validate, so it must never read user input.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct LabelSet {
     pairs: Vec<(String, String)>,
 }

@@ -17,7 +17,7 @@ pub enum ProfileTypeError {
 /// One profile type. `delta` profiles (CPU) add up over time; the others are
 /// snapshots of a state (in-use heap) or counters since process start, and a merge
 /// over time takes each series' latest snapshot instead of adding them up.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct ProfileType {
     /// First part, what was profiled: `process_cpu`, `memory`, `goroutine`, ...
     pub name: String,

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_node::storage::keys;
-use kiln_node::{NodeConfig, NodeState, LOCAL_GROUP};
+use kiln_node::{LocalGroup, NodeConfig, LOCAL_GROUP};
 use kiln_proto::kiln::v1 as api;
 use prost::Message;
 
@@ -219,7 +219,7 @@ struct IngestResult {
 
 /// Sends every request through the gRPC handler's write path from `writers`
 /// concurrent tasks.
-fn ingest(state: &Arc<NodeState>, requests: Vec<api::WriteRequest>, writers: usize) -> IngestResult {
+fn ingest(state: &Arc<LocalGroup>, requests: Vec<api::WriteRequest>, writers: usize) -> IngestResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -244,7 +244,8 @@ fn ingest(state: &Arc<NodeState>, requests: Vec<api::WriteRequest>, writers: usi
                         };
                         let key = request.idempotency_key.clone();
                         let sent = Instant::now();
-                        let response = kiln_node::server::grpc::write(&state, request)
+                        let response = state
+                            .write(request)
                             .await
                             .unwrap_or_else(|error| panic!("write {key} failed: {error}"));
                         latencies.push(sent.elapsed());
@@ -295,7 +296,7 @@ fn ingest(state: &Arc<NodeState>, requests: Vec<api::WriteRequest>, writers: usi
 }
 
 /// SST bytes per column family, and their sum.
-fn sst_bytes(state: &NodeState) -> Vec<(&'static str, u64)> {
+fn sst_bytes(state: &LocalGroup) -> Vec<(&'static str, u64)> {
     keys::COLUMN_FAMILIES
         .iter()
         .map(|name| {
@@ -336,7 +337,7 @@ struct MergeResult {
     response: api::MergeResponse,
 }
 
-fn time_merges(state: &NodeState, request: &api::MergeRequest, runs: usize) -> MergeResult {
+fn time_merges(state: &LocalGroup, request: &api::MergeRequest, runs: usize) -> MergeResult {
     let started = Instant::now();
     let response = state.engine.merge(request).expect("merge failed");
     let first = started.elapsed();
@@ -445,7 +446,7 @@ fn ingest_phases(sample: &[api::WriteRequest], samples_in_sample: u64) -> Table 
 }
 
 /// Times the steps of the merge one by one (warm caches).
-fn merge_phases(state: &NodeState, request: &api::MergeRequest, whole: Duration) -> Table {
+fn merge_phases(state: &LocalGroup, request: &api::MergeRequest, whole: Duration) -> Table {
     let selection = request.selection.as_ref().expect("the merge has a selection");
     let mut table = Table::new("Merge steps (warm, one run each)", &["step", "time"]);
     let started = Instant::now();
@@ -726,7 +727,7 @@ fn main() {
         data_dir.display(),
         report::filesystem_of(&data_dir)
     );
-    let state = NodeState::open(NodeConfig::with_data_dir(data_dir.clone())).expect("open the node");
+    let state = LocalGroup::open(NodeConfig::with_data_dir(data_dir.clone())).expect("open the node");
     let phase_sample: Vec<api::WriteRequest> = {
         let mut taken = Vec::new();
         let mut taken_profiles = 0;
@@ -839,7 +840,7 @@ fn main() {
     state.shutdown();
     drop(state);
     let started = Instant::now();
-    let state = NodeState::open(NodeConfig::with_data_dir(data_dir.clone())).expect("reopen the node");
+    let state = LocalGroup::open(NodeConfig::with_data_dir(data_dir.clone())).expect("reopen the node");
     let reopen = started.elapsed();
 
     let request = merge_request(&spec);

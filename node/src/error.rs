@@ -26,6 +26,10 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A shard group (or the cluster map) cannot serve the request now: no leader,
+    /// unreachable replicas, a query part that timed out. Retrying may succeed.
+    #[error("{0}")]
+    Unavailable(String),
     /// RocksDB failed.
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
@@ -61,7 +65,7 @@ impl NodeError {
         match self {
             NodeError::InvalidArgument(_) | NodeError::InvalidProfile { .. } => tonic::Code::InvalidArgument,
             NodeError::TooLarge(_) | NodeError::Overloaded(_) => tonic::Code::ResourceExhausted,
-            NodeError::ShuttingDown => tonic::Code::Unavailable,
+            NodeError::ShuttingDown | NodeError::Unavailable(_) => tonic::Code::Unavailable,
             NodeError::Storage(_) | NodeError::Corrupt(_) | NodeError::Internal(_) => tonic::Code::Internal,
         }
     }
@@ -72,7 +76,7 @@ impl NodeError {
             NodeError::InvalidArgument(_) | NodeError::InvalidProfile { .. } => http::StatusCode::BAD_REQUEST,
             NodeError::TooLarge(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
             NodeError::Overloaded(_) => http::StatusCode::TOO_MANY_REQUESTS,
-            NodeError::ShuttingDown => http::StatusCode::SERVICE_UNAVAILABLE,
+            NodeError::ShuttingDown | NodeError::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             NodeError::Storage(_) | NodeError::Corrupt(_) | NodeError::Internal(_) => {
                 http::StatusCode::INTERNAL_SERVER_ERROR
             }

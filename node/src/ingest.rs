@@ -3,7 +3,7 @@
 //! CPU-heavy part of ingest and runs on the caller's thread (in parallel across
 //! requests); the writer thread only assigns ids and commits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use kiln_model::labels::{series_hash, LabelSet};
@@ -19,7 +19,7 @@ use crate::storage::symbols::{profile_symbols, stack_hash, ContentIdHash, Symbol
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
 /// One distinct stack of a pprof: content hash and encoded record.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PreparedStack {
     /// Content hash of the stack record.
     pub hash: u64,
@@ -28,7 +28,7 @@ pub struct PreparedStack {
 }
 
 /// One series' samples from one pprof.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PreparedProfile {
     /// Profile type of this sample column.
     pub profile_type: ProfileType,
@@ -44,10 +44,15 @@ pub struct PreparedProfile {
     pub stacks: Arc<Vec<PreparedStack>>,
     /// `(index into stacks, value)`, zero values left out.
     pub values: Vec<(u32, i64)>,
+    /// Which pprof of the request this came from (index into
+    /// [`PreparedWrite::pprof_symbols`]).
+    pub pprof: u32,
 }
 
-/// A validated write, ready for the writer thread.
-#[derive(Debug, Default)]
+/// A validated write, ready for the writer thread. Serializable because it is what
+/// a data group's raft log carries: the leader's node decodes and validates once,
+/// every replica applies the same prepared records.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PreparedWrite {
     /// Idempotency key.
     pub idempotency_key: String,
@@ -59,6 +64,55 @@ pub struct PreparedWrite {
     pub pprof_count: u64,
     /// Number of (stack, value) samples stored, over all sample types.
     pub sample_count: u64,
+    /// Per pprof of the request, the indices into `symbols` it needs; used to split
+    /// a write by shard group without copying unrelated symbols.
+    pub pprof_symbols: Vec<Vec<u32>>,
+}
+
+impl PreparedWrite {
+    /// Splits the write by the group of each profile's series hash. Each part keeps
+    /// the idempotency key (groups deduplicate independently, so a retry after a
+    /// partial failure stores only the missing parts) and exactly the symbols its
+    /// profiles reference. Parts are returned in group order.
+    pub fn split_by_group<G: Ord + Copy>(
+        self,
+        mut group_of: impl FnMut(u64) -> G,
+    ) -> Vec<(G, PreparedWrite)> {
+        let mut parts: std::collections::BTreeMap<G, PreparedWrite> = std::collections::BTreeMap::new();
+        let mut pprofs_of_part: std::collections::BTreeMap<G, Vec<u32>> = std::collections::BTreeMap::new();
+        for profile in self.profiles {
+            let group = group_of(profile.series_hash);
+            let part = parts.entry(group).or_insert_with(|| PreparedWrite {
+                idempotency_key: self.idempotency_key.clone(),
+                ..PreparedWrite::default()
+            });
+            part.sample_count += profile.values.len() as u64;
+            let pprofs = pprofs_of_part.entry(group).or_default();
+            if !pprofs.contains(&profile.pprof) {
+                pprofs.push(profile.pprof);
+            }
+            part.profiles.push(profile);
+        }
+        let mut split = Vec::with_capacity(parts.len());
+        for (group, mut part) in parts {
+            let pprofs = pprofs_of_part.remove(&group).unwrap_or_default();
+            part.pprof_count = pprofs.len() as u64;
+            let mut symbol_indices: Vec<u32> = pprofs
+                .iter()
+                .filter_map(|pprof| self.pprof_symbols.get(*pprof as usize))
+                .flatten()
+                .copied()
+                .collect();
+            symbol_indices.sort_unstable();
+            symbol_indices.dedup();
+            part.symbols = symbol_indices
+                .into_iter()
+                .filter_map(|index| self.symbols.get(index as usize).cloned())
+                .collect();
+            split.push((group, part));
+        }
+        split
+    }
 }
 
 /// Validates and encodes a whole write request. Any invalid part rejects the whole
@@ -79,7 +133,7 @@ pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeEr
         idempotency_key,
         ..PreparedWrite::default()
     };
-    let mut seen_symbols: HashSet<(u8, u64), ContentIdHash> = HashSet::default();
+    let mut symbol_index: HashMap<(u8, u64), u32, ContentIdHash> = HashMap::default();
     for (series_index, series) in request.series.into_iter().enumerate() {
         let labels =
             LabelSet::from_user_pairs(series.labels.into_iter().map(|label| (label.name, label.value)))
@@ -107,11 +161,17 @@ pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeEr
                 _ => received_at,
             };
             let symbols = profile_symbols(&parsed);
+            let mut used_symbols = Vec::with_capacity(symbols.writes.len());
             for write in symbols.writes {
-                if seen_symbols.insert((write.kind as u8, write.id)) {
+                let next = prepared.symbols.len() as u32;
+                let index = *symbol_index.entry((write.kind as u8, write.id)).or_insert(next);
+                if index == next {
                     prepared.symbols.push(write);
                 }
+                used_symbols.push(index);
             }
+            let pprof = prepared.pprof_symbols.len() as u32;
+            prepared.pprof_symbols.push(used_symbols);
             // Aggregate samples by stack: pprof may repeat a stack (with other sample labels).
             let mut stack_index: HashMap<u64, u32, ContentIdHash> = HashMap::default();
             let mut stacks: Vec<PreparedStack> = Vec::new();
@@ -151,6 +211,7 @@ pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeEr
                     duration_nanos: parsed.duration_nanos,
                     stacks: stacks.clone(),
                     values,
+                    pprof,
                 });
             }
             prepared.pprof_count += 1;

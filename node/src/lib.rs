@@ -2,16 +2,20 @@
 //!
 //! Layering (each layer only uses the ones below it):
 //! 1. [`storage`]: RocksDB, keys, records, the writer thread;
-//! 2. [`ingest`] (write preparation) and [`query`] (the query engine);
-//! 3. [`server`]: gRPC and HTTP, the only place that knows about the wire.
+//! 2. [`ingest`] (write preparation) and [`query`] (the query engine of one group);
+//! 3. [`raft`]: one replica of one group (openraft storage and network);
+//! 4. [`cluster`]: which groups live where, routed writes, fanned-out queries;
+//! 5. [`server`]: gRPC and HTTP, the only place that knows about the wire.
 //!
 //! [`error::NodeError`] is the one error type; it maps to gRPC and HTTP statuses in
 //! `error.rs` only.
 
+pub mod cluster;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
 pub mod query;
+pub mod raft;
 pub mod server;
 pub mod storage;
 
@@ -19,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::error::NodeError;
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
@@ -26,7 +31,8 @@ use crate::storage::keys::GroupId;
 use crate::storage::writer::Writer;
 use crate::storage::{Storage, StorageOptions};
 
-/// The single node keeps all data in this group; the cluster adds more.
+/// The group [`LocalGroup`] keeps its data in (tests and benchmarks of the storage
+/// engine alone). Cluster data groups are numbered from 1; see `cluster::map`.
 pub const LOCAL_GROUP: GroupId = 0;
 
 /// How a node is set up.
@@ -60,14 +66,23 @@ impl NodeConfig {
     }
 }
 
-/// Everything the servers share.
+fn open_storage(config: &NodeConfig) -> Result<Storage, NodeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| {
+        NodeError::InvalidArgument(format!(
+            "cannot create data dir {}: {error}",
+            config.data_dir.display()
+        ))
+    })?;
+    Storage::open(&config.data_dir, config.storage.clone())
+}
+
+/// Everything the servers share: storage, this node's part of the cluster (every
+/// write and query goes through it), metrics, configuration.
 pub struct NodeState {
     /// The database.
     pub storage: Storage,
-    /// The writer thread.
-    pub writer: Writer,
-    /// The query engine.
-    pub engine: QueryEngine,
+    /// Groups hosted here, routing, fan-out.
+    pub cluster: Arc<Cluster>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Configuration.
@@ -77,37 +92,36 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    /// Opens storage and starts the writer.
-    pub fn open(config: NodeConfig) -> Result<Arc<NodeState>, NodeError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|error| {
-            NodeError::InvalidArgument(format!(
-                "cannot create data dir {}: {error}",
-                config.data_dir.display()
-            ))
-        })?;
+    /// Opens storage and starts (bootstraps, joins or rejoins) this node's part
+    /// of the cluster.
+    pub async fn open(
+        config: NodeConfig,
+        cluster_config: ClusterConfig,
+    ) -> Result<Arc<NodeState>, NodeError> {
         let metrics = Arc::new(Metrics::new());
-        let storage = Storage::open(&config.data_dir, config.storage.clone())?;
-        let writer = Writer::start(
+        let storage = open_storage(&config)?;
+        let cluster = Cluster::start(
+            cluster_config,
             storage.clone(),
-            LOCAL_GROUP,
-            config.write_queue_depth,
             metrics.clone(),
-        )?;
-        let engine = QueryEngine::new(storage.clone(), LOCAL_GROUP, metrics.clone());
+            config.data_dir.clone(),
+            config.write_queue_depth,
+        )
+        .await?;
+        cluster.spawn_background();
         Ok(Arc::new(NodeState {
             storage,
-            writer,
-            engine,
+            cluster,
             metrics,
             config,
             status: server::status::StatusTracker::new(),
         }))
     }
 
-    /// Runs one retention pass now.
-    pub async fn run_retention(&self) -> Result<storage::writer::RetentionOutcome, NodeError> {
+    /// Runs one retention pass over every local replica now.
+    pub async fn run_retention(&self) -> Result<(), NodeError> {
         let cutoff = kiln_model::time::now_unix_ms() - self.config.retention.as_millis() as i64;
-        self.writer.retention(cutoff).await
+        self.cluster.run_retention(cutoff).await
     }
 
     /// Runs retention every `retention_interval` until the state is dropped by all
@@ -123,12 +137,81 @@ impl NodeState {
                     return;
                 };
                 match state.run_retention().await {
-                    Ok(outcome) => tracing::info!(?outcome, "retention pass"),
+                    Ok(()) => tracing::info!("retention pass done"),
                     Err(NodeError::ShuttingDown) => return,
                     Err(error) => tracing::error!(%error, "retention pass failed"),
                 }
             }
         })
+    }
+
+    /// Stops every group (raft and writer); committed data is durable already.
+    pub async fn shutdown(&self) {
+        self.cluster.shutdown().await;
+        if let Err(error) = self.storage.flush() {
+            tracing::error!(%error, "flushing at shutdown failed");
+        }
+    }
+}
+
+/// One group's storage engine without raft: the writer thread and query engine
+/// over group [`LOCAL_GROUP`]. For tests and benchmarks of storage and queries.
+pub struct LocalGroup {
+    /// The database.
+    pub storage: Storage,
+    /// The writer thread.
+    pub writer: Writer,
+    /// The query engine.
+    pub engine: QueryEngine,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Configuration.
+    pub config: NodeConfig,
+}
+
+impl LocalGroup {
+    /// Opens storage and starts the writer.
+    pub fn open(config: NodeConfig) -> Result<Arc<LocalGroup>, NodeError> {
+        let metrics = Arc::new(Metrics::new());
+        let storage = open_storage(&config)?;
+        let writer = Writer::start(
+            storage.clone(),
+            LOCAL_GROUP,
+            config.write_queue_depth,
+            metrics.clone(),
+        )?;
+        let engine = QueryEngine::new(storage.clone(), LOCAL_GROUP, metrics.clone());
+        Ok(Arc::new(LocalGroup {
+            storage,
+            writer,
+            engine,
+            metrics,
+            config,
+        }))
+    }
+
+    /// Validates, encodes and stores a write request; answers once it is durable.
+    pub async fn write(
+        &self,
+        request: kiln_proto::kiln::v1::WriteRequest,
+    ) -> Result<kiln_proto::kiln::v1::WriteResponse, NodeError> {
+        let prepared = tokio::task::spawn_blocking(move || ingest::prepare_write(request))
+            .await
+            .map_err(|error| NodeError::Internal(format!("prepare failed: {error}")))??;
+        let outcome = self.writer.write(prepared).await?;
+        Ok(kiln_proto::kiln::v1::WriteResponse {
+            duplicate: outcome.duplicate,
+            profiles: outcome.profiles,
+            samples: outcome.samples,
+            series: outcome.series,
+            profile_types: outcome.profile_types,
+        })
+    }
+
+    /// Runs one retention pass now.
+    pub async fn run_retention(&self) -> Result<storage::writer::RetentionOutcome, NodeError> {
+        let cutoff = kiln_model::time::now_unix_ms() - self.config.retention.as_millis() as i64;
+        self.writer.retention(cutoff).await
     }
 
     /// Stops the writer after committing everything queued, and flushes.

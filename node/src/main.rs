@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use kiln_node::cluster::ClusterConfig;
 use kiln_node::{NodeConfig, NodeState};
 use tracing_subscriber::EnvFilter;
 
@@ -33,6 +34,42 @@ struct Args {
     /// Write requests queued before new ones get RESOURCE_EXHAUSTED / 429.
     #[arg(long, env = "KILN_WRITE_QUEUE_DEPTH", default_value_t = 1024)]
     write_queue_depth: usize,
+    /// Address other nodes and clients reach this node at (default: the bound
+    /// listen address).
+    #[arg(long, env = "KILN_ADVERTISE")]
+    advertise: Option<String>,
+    /// Join the cluster of the node at this address (first start only; a
+    /// restarted node rejoins its groups by itself). Without it, the first start
+    /// bootstraps a new cluster.
+    #[arg(long, env = "KILN_JOIN")]
+    join: Option<String>,
+    /// Region label of this node (placement spreads replicas over regions).
+    #[arg(long, env = "KILN_REGION", default_value = "")]
+    region: String,
+    /// Zone label of this node (placement spreads replicas over zones).
+    #[arg(long, env = "KILN_ZONE", default_value = "")]
+    zone: String,
+    /// Replicas per shard group (capped by the number of nodes).
+    #[arg(long, env = "KILN_REPLICATION_FACTOR", default_value_t = 3)]
+    replication_factor: usize,
+    /// Shard groups created when a new cluster is bootstrapped.
+    #[arg(long, env = "KILN_GROUPS", default_value_t = 8)]
+    groups: u32,
+    /// A node unreachable this long has its replicas re-created elsewhere.
+    #[arg(long, env = "KILN_DEAD_NODE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    dead_node_timeout: Duration,
+    /// Raft heartbeat interval.
+    #[arg(long, env = "KILN_RAFT_HEARTBEAT", default_value = "150ms", value_parser = humantime::parse_duration)]
+    raft_heartbeat: Duration,
+    /// Raft election timeout (lower bound; the upper bound is twice it).
+    #[arg(long, env = "KILN_RAFT_ELECTION_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    raft_election_timeout: Duration,
+    /// Raft log entries after which a group snapshots and purges its log.
+    #[arg(long, env = "KILN_SNAPSHOT_AFTER_LOGS", default_value_t = 20_000)]
+    snapshot_after_logs: u64,
+    /// How long one shard group may take to answer its part of a query.
+    #[arg(long, env = "KILN_GROUP_QUERY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    group_query_timeout: Duration,
     /// Log format.
     #[arg(long, env = "KILN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -80,24 +117,46 @@ async fn main() -> anyhow::Result<()> {
     config.retention_interval = args.retention_interval;
     config.max_message_bytes = args.max_message_bytes;
     config.write_queue_depth = args.write_queue_depth;
-    let state = NodeState::open(config).with_context(|| format!("opening {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let local_address = listener.local_addr().context("reading the bound address")?;
+    let mut cluster = ClusterConfig::new(
+        args.advertise
+            .clone()
+            .unwrap_or_else(|| local_address.to_string()),
+    );
+    cluster.join = args.join.clone();
+    cluster.region = args.region.clone();
+    cluster.zone = args.zone.clone();
+    cluster.replication_factor = args.replication_factor.max(1);
+    cluster.data_groups = args.groups.max(1);
+    cluster.dead_node_timeout = args.dead_node_timeout;
+    cluster.heartbeat_interval = args.raft_heartbeat;
+    cluster.election_timeout = args.raft_election_timeout;
+    cluster.snapshot_after_logs = args.snapshot_after_logs.max(1);
+    cluster.group_query_timeout = args.group_query_timeout;
+    // The listener is bound first so that the advertised address is known; the
+    // servers start once the node has its id and groups.
+    let state = NodeState::open(config, cluster)
+        .await
+        .with_context(|| format!("opening {}", args.data_dir.display()))?;
     // Tests and scripts read this line to learn an ephemeral port.
-    tracing::info!(address = %local_address, data_dir = %args.data_dir.display(), "kiln-node listening");
+    tracing::info!(
+        address = %local_address,
+        node = state.cluster.node_id(),
+        data_dir = %args.data_dir.display(),
+        "kiln-node listening"
+    );
     println!("listening on {local_address}");
+    println!("node id {}", state.cluster.node_id());
     let retention = state.spawn_retention();
     kiln_node::server::serve(state.clone(), listener, args.max_message_bytes, shutdown_signal())
         .await
         .context("serving")?;
-    tracing::info!("shutting down: committing queued writes");
+    tracing::info!("shutting down: stopping raft groups and writers");
     retention.abort();
-    let writer_state = state.clone();
-    tokio::task::spawn_blocking(move || writer_state.shutdown())
-        .await
-        .context("stopping the writer")?;
+    state.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

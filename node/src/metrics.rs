@@ -23,9 +23,34 @@ pub struct ErrorLabels {
     pub code: String,
 }
 
+/// Label set of per-group metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    /// Shard group id (0 is the metadata group).
+    pub group: u32,
+}
+
 /// Every metric the node exports.
 pub struct Metrics {
     registry: Registry,
+    /// Seconds from proposing a command to its group until it was applied.
+    pub raft_commit_seconds: Family<GroupLabels, Histogram>,
+    /// Leader changes seen by this node's replica of each group.
+    pub raft_leader_changes: Family<GroupLabels, Counter>,
+    /// 1 when this node's replica leads the group.
+    pub raft_is_leader: Family<GroupLabels, Gauge>,
+    /// Log entries this node's replica has not applied yet.
+    pub raft_apply_lag: Family<GroupLabels, Gauge>,
+    /// Raft snapshots built on this node.
+    pub snapshot_builds: Counter,
+    /// Raft snapshots installed on this node.
+    pub snapshot_installs: Counter,
+    /// Learners this node (as a group leader) caught up before adding them as voters.
+    pub snapshot_sends: Counter,
+    /// Nodes the metadata leader saw alive at its last pass.
+    pub cluster_nodes_alive: Gauge,
+    /// Groups that could not answer a fanned-out query.
+    pub fanout_missing_groups: Counter,
     /// Profiles (pprof payloads) stored.
     pub ingested_profiles: Counter,
     /// Stack samples stored (over all sample types).
@@ -112,8 +137,73 @@ impl Metrics {
         );
         let disk_bytes = Gauge::default();
         registry.register("disk_bytes", "bytes of live SST files", disk_bytes.clone());
+        let raft_commit_seconds = Family::<GroupLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "raft_commit_seconds",
+            "seconds from proposal to applied, per group",
+            raft_commit_seconds.clone(),
+        );
+        let raft_leader_changes = Family::<GroupLabels, Counter>::default();
+        registry.register(
+            "raft_leader_changes",
+            "leader changes seen per group",
+            raft_leader_changes.clone(),
+        );
+        let raft_is_leader = Family::<GroupLabels, Gauge>::default();
+        registry.register(
+            "raft_is_leader",
+            "1 when this node leads the group",
+            raft_is_leader.clone(),
+        );
+        let raft_apply_lag = Family::<GroupLabels, Gauge>::default();
+        registry.register(
+            "raft_apply_lag",
+            "log entries not applied yet, per group",
+            raft_apply_lag.clone(),
+        );
+        let snapshot_builds = Counter::default();
+        registry.register(
+            "raft_snapshot_builds",
+            "raft snapshots built",
+            snapshot_builds.clone(),
+        );
+        let snapshot_installs = Counter::default();
+        registry.register(
+            "raft_snapshot_installs",
+            "raft snapshots installed",
+            snapshot_installs.clone(),
+        );
+        let snapshot_sends = Counter::default();
+        registry.register(
+            "raft_learners_caught_up",
+            "learners caught up (by snapshot when the log was purged) before a membership change",
+            snapshot_sends.clone(),
+        );
+        let cluster_nodes_alive = Gauge::default();
+        registry.register(
+            "cluster_nodes_alive",
+            "nodes the metadata leader saw alive",
+            cluster_nodes_alive.clone(),
+        );
+        let fanout_missing_groups = Counter::default();
+        registry.register(
+            "fanout_missing_groups",
+            "groups that could not answer a fanned-out query",
+            fanout_missing_groups.clone(),
+        );
         Metrics {
             registry,
+            raft_commit_seconds,
+            raft_leader_changes,
+            raft_is_leader,
+            raft_apply_lag,
+            snapshot_builds,
+            snapshot_installs,
+            snapshot_sends,
+            cluster_nodes_alive,
+            fanout_missing_groups,
             ingested_profiles,
             ingested_samples,
             duplicate_writes,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use kiln_node::{NodeConfig, NodeState};
+use kiln_node::{LocalGroup, NodeConfig};
 use kiln_proto::kiln::v1 as api;
 use kiln_proto::pprof as wire;
 use proptest::prelude::*;
@@ -138,7 +138,7 @@ proptest! {
     fn storage_merge_equals_naive_reference_merge(profiles in prop::collection::vec(random_profile(), 1..6)) {
         let directory = tempfile::tempdir().expect("temp dir");
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
-        let state = NodeState::open(NodeConfig::with_data_dir(directory.path().to_path_buf())).expect("open");
+        let state = LocalGroup::open(NodeConfig::with_data_dir(directory.path().to_path_buf())).expect("open");
         let base_time_nanos = 1_764_000_000_000_000_000i64;
         runtime.block_on(async {
             for (index, profile) in profiles.iter().enumerate() {
@@ -154,7 +154,7 @@ proptest! {
                         }],
                     }],
                 };
-                kiln_node::server::grpc::write(&state, request).await.expect("write");
+                state.write(request).await.expect("write");
             }
         });
         let merged = state

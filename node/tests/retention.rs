@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kiln_node::{NodeConfig, NodeState};
+use kiln_node::{LocalGroup, NodeConfig};
 use kiln_proto::kiln::v1 as api;
 use kiln_proto::pprof as wire;
 use prost::Message;
@@ -65,7 +65,7 @@ fn retention_drops_expired_partitions_and_series_and_keeps_the_rest() {
     let directory = tempfile::tempdir().expect("temp dir");
     let mut config = NodeConfig::with_data_dir(directory.path().to_path_buf());
     config.retention = Duration::from_secs(3600);
-    let state = NodeState::open(config).expect("open");
+    let state = LocalGroup::open(config).expect("open");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let now_nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -73,13 +73,16 @@ fn retention_drops_expired_partitions_and_series_and_keeps_the_rest() {
         .as_nanos() as i64;
     let hour = 3_600_000_000_000i64;
     runtime.block_on(async {
-        kiln_node::server::grpc::write(&state, write("old-only", "old", now_nanos - 5 * hour, 7))
+        state
+            .write(write("old-only", "old", now_nanos - 5 * hour, 7))
             .await
             .expect("write");
-        kiln_node::server::grpc::write(&state, write("both-old", "both", now_nanos - 5 * hour, 11))
+        state
+            .write(write("both-old", "both", now_nanos - 5 * hour, 11))
             .await
             .expect("write");
-        kiln_node::server::grpc::write(&state, write("both-new", "both", now_nanos, 13))
+        state
+            .write(write("both-new", "both", now_nanos, 13))
             .await
             .expect("write");
         let outcome = state.run_retention().await.expect("retention");

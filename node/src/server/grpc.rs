@@ -36,40 +36,27 @@ pub async fn blocking<T: Send + 'static>(
 /// Stores a write request: validate and encode on the blocking pool, then commit.
 pub async fn write(state: &NodeState, request: api::WriteRequest) -> Result<api::WriteResponse, NodeError> {
     let writers = super::status::RequestWriters::of(&request);
-    let prepared = blocking(move || crate::ingest::prepare_write(request)).await;
-    let prepared = match prepared {
-        Ok(prepared) => prepared,
-        Err(error) => {
-            state.metrics.count_error("write", error.grpc_code());
-            return Err(error);
-        }
-    };
-    let outcome = state.writer.write(prepared).await.inspect_err(|error| {
+    let response = state.cluster.write(request).await.inspect_err(|error| {
         state.metrics.count_error("write", error.grpc_code());
     })?;
     state.status.record(writers, kiln_model::time::now_unix_ms());
-    Ok(api::WriteResponse {
-        duplicate: outcome.duplicate,
-        profiles: outcome.profiles,
-        samples: outcome.samples,
-        series: outcome.series,
-        profile_types: outcome.profile_types,
-    })
+    Ok(response)
 }
 
-async fn answer<Q, R>(
-    state: &NodeState,
-    request: Request<Q>,
-    run: fn(&crate::query::QueryEngine, &Q) -> Result<R, NodeError>,
-) -> Result<Response<R>, Status>
-where
-    Q: Send + 'static,
-    R: Send + 'static,
-{
-    let engine = state.engine.clone();
-    let request = request.into_inner();
-    let response = blocking(move || run(&engine, &request)).await?;
-    Ok(Response::new(response))
+impl GrpcApi {
+    async fn observe<R>(
+        &self,
+        operation: &str,
+        answer: impl std::future::Future<Output = Result<R, NodeError>>,
+    ) -> Result<Response<R>, Status> {
+        match answer.await {
+            Ok(response) => Ok(Response::new(response)),
+            Err(error) => {
+                self.state.metrics.count_error(operation, error.grpc_code());
+                Err(error.into())
+            }
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -88,45 +75,58 @@ impl QueryService for GrpcApi {
         &self,
         request: Request<api::MergeRequest>,
     ) -> Result<Response<api::MergeResponse>, Status> {
-        answer(&self.state, request, crate::query::QueryEngine::merge).await
+        self.observe("merge", self.state.cluster.merge(request.into_inner()))
+            .await
     }
 
     async fn range(
         &self,
         request: Request<api::RangeRequest>,
     ) -> Result<Response<api::RangeResponse>, Status> {
-        answer(&self.state, request, crate::query::QueryEngine::range).await
+        self.observe("range", self.state.cluster.range(request.into_inner()))
+            .await
     }
 
     async fn diff(&self, request: Request<api::DiffRequest>) -> Result<Response<api::DiffResponse>, Status> {
-        answer(&self.state, request, crate::query::QueryEngine::diff).await
+        self.observe("diff", self.state.cluster.diff(request.into_inner()))
+            .await
     }
 
     async fn labels(
         &self,
         request: Request<api::LabelsRequest>,
     ) -> Result<Response<api::LabelsResponse>, Status> {
-        answer(&self.state, request, crate::query::QueryEngine::labels).await
+        self.observe("labels", self.state.cluster.labels(request.into_inner()))
+            .await
     }
 
     async fn label_values(
         &self,
         request: Request<api::LabelValuesRequest>,
     ) -> Result<Response<api::LabelValuesResponse>, Status> {
-        answer(&self.state, request, crate::query::QueryEngine::label_values).await
+        self.observe(
+            "label_values",
+            self.state.cluster.label_values(request.into_inner()),
+        )
+        .await
     }
 
     async fn series(
         &self,
         request: Request<api::SeriesRequest>,
     ) -> Result<Response<api::SeriesResponse>, Status> {
-        answer(&self.state, request, crate::query::QueryEngine::series).await
+        self.observe("series", self.state.cluster.series(request.into_inner()))
+            .await
     }
 
     async fn profile_types(
         &self,
         request: Request<api::ProfileTypesRequest>,
     ) -> Result<Response<api::ProfileTypesResponse>, Status> {
-        answer(&self.state, request, crate::query::QueryEngine::profile_types).await
+        self.observe(
+            "profile_types",
+            self.state.cluster.profile_types(request.into_inner()),
+        )
+        .await
     }
 }

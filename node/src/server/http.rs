@@ -16,7 +16,6 @@ use kiln_model::time::{now_unix_ms, parse_duration_ms, parse_time};
 use kiln_proto::kiln::v1 as api;
 use serde::Deserialize;
 
-use super::grpc::blocking;
 use crate::error::NodeError;
 use crate::NodeState;
 
@@ -197,8 +196,7 @@ async fn merge(
         min_node_fraction: number(&parameters, "min_fraction")?.unwrap_or(0.0),
         top_limit: number(&parameters, "limit")?.unwrap_or(0),
     };
-    let engine = state.engine.clone();
-    let response = blocking(move || engine.merge(&request)).await?;
+    let response = state.cluster.merge(request).await?;
     Ok(match response.result {
         Some(api::merge_response::Result::Pprof(bytes)) => (
             [
@@ -247,8 +245,7 @@ async fn range(
         sum_by,
         options: options(&parameters),
     };
-    let engine = state.engine.clone();
-    let response = blocking(move || engine.range(&request)).await?;
+    let response = state.cluster.range(request).await?;
     Ok(Json(json::RangeResult::from(&response)))
 }
 
@@ -263,8 +260,7 @@ async fn diff(
         min_node_fraction: number(&parameters, "min_fraction")?.unwrap_or(0.0),
         top_limit: number(&parameters, "limit")?.unwrap_or(0),
     };
-    let engine = state.engine.clone();
-    let response = blocking(move || engine.diff(&request)).await?;
+    let response = state.cluster.diff(request).await?;
     Ok(Json(json::DiffResult::from(&response)))
 }
 
@@ -293,8 +289,7 @@ async fn labels(
         selection: optional_selection(&parameters)?,
         options: options(&parameters),
     };
-    let engine = state.engine.clone();
-    let response = blocking(move || engine.labels(&request)).await?;
+    let response = state.cluster.labels(request).await?;
     Ok(Json(json::LabelsResult::from(&response)))
 }
 
@@ -308,8 +303,7 @@ async fn label_values(
         name,
         options: options(&parameters),
     };
-    let engine = state.engine.clone();
-    let response = blocking(move || engine.label_values(&request)).await?;
+    let response = state.cluster.label_values(request).await?;
     Ok(Json(json::LabelValuesResult::from(&response)))
 }
 
@@ -321,8 +315,7 @@ async fn series(
         selection: optional_selection(&parameters)?,
         options: options(&parameters),
     };
-    let engine = state.engine.clone();
-    let response = blocking(move || engine.series(&request)).await?;
+    let response = state.cluster.series(request).await?;
     Ok(Json(json::SeriesResult::from(&response)))
 }
 
@@ -339,8 +332,7 @@ async fn profile_types(
         end_unix_ms: 0,
         options: options(&parameters),
     };
-    let engine = state.engine.clone();
-    let response = blocking(move || engine.profile_types(&request)).await?;
+    let response = state.cluster.profile_types(request).await?;
     Ok(Json(json::ProfileTypesResult::from(&response)))
 }
 

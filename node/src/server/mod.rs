@@ -9,10 +9,14 @@ pub mod ui;
 use std::future::Future;
 use std::sync::Arc;
 
+use kiln_proto::kiln::v1::cluster_service_server::ClusterServiceServer;
 use kiln_proto::kiln::v1::ingest_service_server::IngestServiceServer;
 use kiln_proto::kiln::v1::query_service_server::QueryServiceServer;
+use kiln_proto::kiln::v1::raft_service_server::RaftServiceServer;
 use tonic::codec::CompressionEncoding;
 
+use crate::cluster::service::ClusterApi;
+use crate::raft::network::RaftServer;
 use crate::NodeState;
 
 /// Largest gRPC message or HTTP body accepted, bytes.
@@ -41,8 +45,16 @@ pub async fn serve(
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Zstd);
+    let raft = RaftServiceServer::new(RaftServer::new(state.cluster.clone()))
+        .max_decoding_message_size(crate::raft::network::MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::raft::network::MAX_RAFT_MESSAGE_BYTES);
+    let cluster = ClusterServiceServer::new(ClusterApi::new(state.cluster.clone()))
+        .max_decoding_message_size(crate::raft::network::MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::raft::network::MAX_RAFT_MESSAGE_BYTES);
     let grpc_routes = tonic::service::Routes::new(ingest)
         .add_service(query)
+        .add_service(raft)
+        .add_service(cluster)
         .into_axum_router();
     let router = grpc_routes
         .merge(http::router(state, max_message_bytes))

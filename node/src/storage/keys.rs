@@ -19,12 +19,30 @@
 //! | `symbols` | group, `h`, stack hash | dense stack id (u64 BE) |
 //! | `symbols` | group, `k`, stack id | stack record (location ids, leaf first) |
 //! | `samples` | group, partition start (unix ms), ordinal, time (unix ns), sequence | sample block |
+//! | `meta` | group, `a` | raft state machine: last applied log id + membership |
+//! | `meta` | group, `c` | metadata group only: the cluster map |
+//! | `raft` | group, `e`, log index | raft log entry |
+//! | `raft` | group, `v` | raft vote |
+//! | `raft` | group, `m` | last committed log id |
+//! | `raft` | group, `p` | last purged log id |
+//! | `meta` | [`NODE_LOCAL_GROUP`], `n` | this node's id and bootstrap record |
+//! | `meta` | [`NODE_LOCAL_GROUP`], `g`, group | a group this node hosts a replica of |
+//!
+//! A group's replicated state is exactly its key range in `meta`, `series`,
+//! `postings`, `symbols` and `samples` ([`REPLICATED_COLUMN_FAMILIES`]); raft
+//! snapshots copy that range, and the raft log in `raft` is never part of it.
 
 /// A shard group id. A single node keeps everything in group 0.
 pub type GroupId = u32;
 
 /// The column families, in the order they are opened.
-pub const COLUMN_FAMILIES: [&str; 5] = [CF_META, CF_SERIES, CF_POSTINGS, CF_SYMBOLS, CF_SAMPLES];
+pub const COLUMN_FAMILIES: [&str; 6] = [CF_META, CF_SERIES, CF_POSTINGS, CF_SYMBOLS, CF_SAMPLES, CF_RAFT];
+/// The column families that hold a group's replicated state machine.
+pub const REPLICATED_COLUMN_FAMILIES: [&str; 5] = [CF_META, CF_SERIES, CF_POSTINGS, CF_SYMBOLS, CF_SAMPLES];
+/// Raft logs, votes and log pointers of every group.
+pub const CF_RAFT: &str = "raft";
+/// Records of this node alone (its id, the groups it hosts), never replicated.
+pub const NODE_LOCAL_GROUP: GroupId = GroupId::MAX;
 /// Counters and idempotency keys.
 pub const CF_META: &str = "meta";
 /// Series registry.
@@ -46,9 +64,17 @@ const TAG_IDEMPOTENCY: u8 = b'i';
 const TAG_SERIES_BY_HASH: u8 = b'h';
 const TAG_SERIES_BY_ORDINAL: u8 = b'o';
 const TAG_SERIES_LAST_SEEN: u8 = b'l';
+const TAG_APPLIED_STATE: u8 = b'a';
+const TAG_CLUSTER_MAP: u8 = b'c';
+const TAG_RAFT_ENTRY: u8 = b'e';
+const TAG_RAFT_VOTE: u8 = b'v';
+const TAG_RAFT_COMMITTED: u8 = b'm';
+const TAG_RAFT_PURGED: u8 = b'p';
+const TAG_NODE_IDENTITY: u8 = b'n';
+const TAG_HOSTED_GROUP: u8 = b'g';
 
 /// Kinds of content-addressed symbols.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum SymbolKind {
     /// A string (function names, file names).
@@ -70,6 +96,78 @@ fn with_group(group: GroupId, tag: u8, capacity: usize) -> Vec<u8> {
     key.extend_from_slice(&group.to_be_bytes());
     key.push(tag);
     key
+}
+
+/// The first key of a group in any column family.
+pub fn group_start(group: GroupId) -> Vec<u8> {
+    group.to_be_bytes().to_vec()
+}
+
+/// The first key after a group in any column family (for `DeleteRange` and range
+/// iteration); `None` for the last group id, whose range runs to the end.
+pub fn group_end(group: GroupId) -> Option<Vec<u8>> {
+    group.checked_add(1).map(|next| next.to_be_bytes().to_vec())
+}
+
+/// `meta`: the raft state machine's last applied log id and membership.
+pub fn applied_state_key(group: GroupId) -> Vec<u8> {
+    with_group(group, TAG_APPLIED_STATE, 0)
+}
+
+/// `meta`: the cluster map (metadata group only).
+pub fn cluster_map_key(group: GroupId) -> Vec<u8> {
+    with_group(group, TAG_CLUSTER_MAP, 0)
+}
+
+/// `raft`: a log entry.
+pub fn raft_entry_key(group: GroupId, index: u64) -> Vec<u8> {
+    let mut key = with_group(group, TAG_RAFT_ENTRY, 8);
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// The log index of a `raft` entry key of `group`, `None` for any other key.
+pub fn decode_raft_entry_key(group: GroupId, key: &[u8]) -> Option<u64> {
+    let rest = key.strip_prefix(&with_group(group, TAG_RAFT_ENTRY, 0)[..])?;
+    Some(u64::from_be_bytes(rest.try_into().ok()?))
+}
+
+/// `raft`: the vote.
+pub fn raft_vote_key(group: GroupId) -> Vec<u8> {
+    with_group(group, TAG_RAFT_VOTE, 0)
+}
+
+/// `raft`: the last committed log id.
+pub fn raft_committed_key(group: GroupId) -> Vec<u8> {
+    with_group(group, TAG_RAFT_COMMITTED, 0)
+}
+
+/// `raft`: the last purged log id.
+pub fn raft_purged_key(group: GroupId) -> Vec<u8> {
+    with_group(group, TAG_RAFT_PURGED, 0)
+}
+
+/// `meta`: this node's identity record.
+pub fn node_identity_key() -> Vec<u8> {
+    with_group(NODE_LOCAL_GROUP, TAG_NODE_IDENTITY, 0)
+}
+
+/// `meta`: marks `group` as hosted on this node.
+pub fn hosted_group_key(group: GroupId) -> Vec<u8> {
+    let mut key = with_group(NODE_LOCAL_GROUP, TAG_HOSTED_GROUP, 4);
+    key.extend_from_slice(&group.to_be_bytes());
+    key
+}
+
+/// `meta`: prefix of every hosted-group marker.
+pub fn hosted_group_prefix() -> Vec<u8> {
+    with_group(NODE_LOCAL_GROUP, TAG_HOSTED_GROUP, 0)
+}
+
+/// The group of a hosted-group marker key.
+pub fn decode_hosted_group_key(key: &[u8]) -> Option<GroupId> {
+    let rest = key.strip_prefix(&hosted_group_prefix()[..])?;
+    Some(GroupId::from_be_bytes(rest.try_into().ok()?))
 }
 
 /// `meta`: the next free series ordinal.
@@ -282,6 +380,37 @@ mod tests {
             let key_a = sample_key(a.0, a.1, a.2, a.3, a.4);
             let key_b = sample_key(b.0, b.1, b.2, b.3, b.4);
             prop_assert_eq!(key_a.cmp(&key_b), a.cmp(&b));
+        }
+
+        #[test]
+        fn raft_entry_keys_round_trip_and_sort_by_index(group in 0u32..u32::MAX, a: u64, b: u64) {
+            let key_a = raft_entry_key(group, a);
+            prop_assert_eq!(decode_raft_entry_key(group, &key_a), Some(a));
+            prop_assert_eq!(decode_raft_entry_key(group.wrapping_add(1), &key_a), None);
+            prop_assert_eq!(key_a.cmp(&raft_entry_key(group, b)), a.cmp(&b));
+        }
+
+        #[test]
+        fn every_key_of_a_group_lies_in_its_range(group in 0u32..u32::MAX - 1, ordinal: u32, id: u64) {
+            let start = group_start(group);
+            let end = group_end(group).unwrap();
+            for key in [
+                applied_state_key(group),
+                cluster_map_key(group),
+                raft_entry_key(group, id),
+                raft_vote_key(group),
+                series_by_ordinal_key(group, ordinal),
+                symbol_key(group, SymbolKind::Location, id),
+                posting_key(group, "job", "api"),
+                idempotency_key(group, "k"),
+            ] {
+                prop_assert!(key >= start && key < end);
+            }
+        }
+
+        #[test]
+        fn hosted_group_keys_round_trip(group: u32) {
+            prop_assert_eq!(decode_hosted_group_key(&hosted_group_key(group)), Some(group));
         }
 
         #[test]

@@ -221,7 +221,7 @@ pub fn decode_stack(bytes: &[u8]) -> Result<Vec<u64>, NodeError> {
 }
 
 /// One symbol ready to be written: kind, content id, encoded record.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SymbolWrite {
     /// Kind.
     pub kind: SymbolKind,

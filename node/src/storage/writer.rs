@@ -35,7 +35,7 @@ const MAX_JOBS_PER_COMMIT: usize = 256;
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// What a write stored.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WriteOutcome {
     /// The idempotency key was already stored; nothing was written again.
     pub duplicate: bool,
@@ -58,14 +58,25 @@ pub struct RetentionOutcome {
     pub idempotency_keys_expired: u64,
 }
 
+/// Replies to a write job: one outcome per write of the job.
+type WriteReply = oneshot::Sender<Result<Vec<WriteOutcome>, NodeError>>;
+
 enum Job {
     Write {
-        write: PreparedWrite,
-        reply: oneshot::Sender<Result<WriteOutcome, NodeError>>,
+        writes: Vec<PreparedWrite>,
+        /// Extra `meta` records committed in the same batch (a raft group's applied
+        /// log id): they become durable together with the writes or not at all.
+        meta_puts: Vec<(Vec<u8>, Vec<u8>)>,
+        reply: WriteReply,
     },
     Retention {
         cutoff_unix_ms: i64,
         reply: oneshot::Sender<Result<RetentionOutcome, NodeError>>,
+    },
+    /// Forget every cache and counter and read them again (after a raft snapshot
+    /// replaced the group's data underneath the writer).
+    Reload {
+        reply: oneshot::Sender<Result<(), NodeError>>,
     },
 }
 
@@ -104,13 +115,29 @@ impl Writer {
 
     /// Stores a prepared write; returns once it is durable.
     pub async fn write(&self, write: PreparedWrite) -> Result<WriteOutcome, NodeError> {
+        let mut outcomes = self.apply(vec![write], Vec::new()).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| NodeError::Internal("the writer answered no outcome".into()))
+    }
+
+    /// Stores `writes` and `meta_puts` in one atomic batch, in order, and answers
+    /// one outcome per write once the batch is durable. Raft state machines use the
+    /// `meta_puts` to record their applied log id atomically with the data.
+    pub async fn apply(
+        &self,
+        writes: Vec<PreparedWrite>,
+        meta_puts: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Vec<WriteOutcome>, NodeError> {
         let sender = self.sender()?;
         let (reply, answer) = oneshot::channel();
+        let job = Job::Write {
+            writes,
+            meta_puts,
+            reply,
+        };
         // Wait a little for room so short bursts queue; beyond that, push back.
-        match sender
-            .send_timeout(Job::Write { write, reply }, Duration::from_secs(2))
-            .await
-        {
+        match sender.send_timeout(job, Duration::from_secs(2)).await {
             Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                 self.metrics.rejected_overload.inc();
@@ -120,6 +147,18 @@ impl Writer {
             }
             Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(NodeError::ShuttingDown),
         }
+        answer.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    /// Drops every cache and counter of the writer and reads them again from
+    /// RocksDB; needed after the group's data was replaced by a snapshot.
+    pub async fn reload(&self) -> Result<(), NodeError> {
+        let sender = self.sender()?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Job::Reload { reply })
+            .await
+            .map_err(|_| NodeError::ShuttingDown)?;
         answer.await.map_err(|_| NodeError::ShuttingDown)?
     }
 
@@ -217,29 +256,37 @@ impl WriterState {
 
     fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
         while let Some(first) = receiver.blocking_recv() {
-            let mut writes = Vec::new();
+            let mut jobs = Vec::new();
             let mut pending = Some(first);
             while let Some(job) = pending.take() {
                 match job {
-                    Job::Write { write, reply } => writes.push((write, reply)),
+                    Job::Write {
+                        writes,
+                        meta_puts,
+                        reply,
+                    } => jobs.push((writes, meta_puts, reply)),
                     Job::Retention {
                         cutoff_unix_ms,
                         reply,
                     } => {
                         // Commit what came before, then expire alone.
-                        self.commit_writes(std::mem::take(&mut writes));
+                        self.commit_jobs(std::mem::take(&mut jobs));
                         let result = self.expire(cutoff_unix_ms);
                         if result.is_err() {
                             self.reload_or_log();
                         }
                         let _ = reply.send(result);
                     }
+                    Job::Reload { reply } => {
+                        self.commit_jobs(std::mem::take(&mut jobs));
+                        let _ = reply.send(self.reload());
+                    }
                 }
-                if writes.len() < MAX_JOBS_PER_COMMIT {
+                if jobs.len() < MAX_JOBS_PER_COMMIT {
                     pending = receiver.try_recv().ok();
                 }
             }
-            self.commit_writes(writes);
+            self.commit_jobs(jobs);
         }
         if let Err(error) = self.storage.flush() {
             tracing::error!(%error, "flushing at shutdown failed");
@@ -252,28 +299,42 @@ impl WriterState {
         }
     }
 
-    fn commit_writes(
-        &mut self,
-        writes: Vec<(PreparedWrite, oneshot::Sender<Result<WriteOutcome, NodeError>>)>,
-    ) {
-        if writes.is_empty() {
+    fn commit_jobs(&mut self, jobs: Vec<(Vec<PreparedWrite>, Vec<(Vec<u8>, Vec<u8>)>, WriteReply)>) {
+        if jobs.is_empty() {
             return;
         }
         let started = Instant::now();
         let mut batch = WriteBatch::default();
         let mut keys_in_batch: HashSet<String> = HashSet::new();
-        let mut outcomes = Vec::with_capacity(writes.len());
-        let mut replies = Vec::with_capacity(writes.len());
+        let mut outcomes: Vec<Vec<WriteOutcome>> = Vec::with_capacity(jobs.len());
+        let mut replies = Vec::with_capacity(jobs.len());
         let mut staging_error = None;
-        for (write, reply) in writes {
+        let mut write_count = 0usize;
+        for (writes, meta_puts, reply) in jobs {
             replies.push(reply);
             if staging_error.is_some() {
                 continue;
             }
-            match self.stage(&mut batch, write, &mut keys_in_batch) {
-                Ok(outcome) => outcomes.push(outcome),
+            let mut job_outcomes = Vec::with_capacity(writes.len());
+            for write in writes {
+                write_count += 1;
+                match self.stage(&mut batch, write, &mut keys_in_batch) {
+                    Ok(outcome) => job_outcomes.push(outcome),
+                    Err(error) => {
+                        staging_error = Some(error);
+                        break;
+                    }
+                }
+            }
+            match self.storage.cf(keys::CF_META) {
+                Ok(meta) => {
+                    for (key, value) in meta_puts {
+                        batch.put_cf(meta, key, value);
+                    }
+                }
                 Err(error) => staging_error = Some(error),
             }
+            outcomes.push(job_outcomes);
         }
         let result = match staging_error {
             Some(error) => Err(error),
@@ -289,17 +350,19 @@ impl WriterState {
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.metrics.commit_batch_size.observe(replies.len() as f64);
+        self.metrics.commit_batch_size.observe(write_count as f64);
         match result {
             Ok(()) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    if outcome.duplicate {
-                        self.metrics.duplicate_writes.inc();
-                    } else {
-                        self.metrics.ingested_profiles.inc_by(outcome.profiles);
-                        self.metrics.ingested_samples.inc_by(outcome.samples);
+                for (reply, job_outcomes) in replies.into_iter().zip(outcomes) {
+                    for outcome in &job_outcomes {
+                        if outcome.duplicate {
+                            self.metrics.duplicate_writes.inc();
+                        } else {
+                            self.metrics.ingested_profiles.inc_by(outcome.profiles);
+                            self.metrics.ingested_samples.inc_by(outcome.samples);
+                        }
                     }
-                    let _ = reply.send(Ok(outcome));
+                    let _ = reply.send(Ok(job_outcomes));
                 }
             }
             Err(error) => {

@@ -1,0 +1,304 @@
+//! Queries across groups: the coordinator (any node) validates the request once,
+//! sends it to every data group, each answered by its leader after ReadIndex,
+//! and finishes the answer from the partials.
+//!
+//! Rule: never silently partial. A group that cannot answer in time fails the
+//! query with an error naming it, unless the caller set `allow_partial`; then the
+//! answer's `Coverage` lists every missing group and why.
+
+use std::time::{Duration, Instant};
+
+use kiln_proto::kiln::v1 as api;
+use prost::Message;
+
+use super::internal::{Failure, GroupAnswer, GroupQuery, Request, Response};
+use super::Cluster;
+use crate::error::NodeError;
+use crate::query::partial::{self, MergePartial, RangePartial, SeriesPartial};
+use crate::query::QueryEngine;
+use crate::storage::keys::GroupId;
+
+fn undecodable(error: prost::DecodeError) -> NodeError {
+    NodeError::InvalidArgument(format!("undecodable group query: {error}"))
+}
+
+/// Runs one group's part of a query on its engine (blocking: RocksDB reads).
+pub fn run_group_query(engine: &QueryEngine, query: GroupQuery) -> Result<GroupAnswer, NodeError> {
+    Ok(match query {
+        GroupQuery::Merge(bytes) => {
+            let selection = api::Selection::decode(&bytes[..]).map_err(undecodable)?;
+            GroupAnswer::Merge(engine.merge_partial(&selection)?)
+        }
+        GroupQuery::Range(bytes) => {
+            let request = api::RangeRequest::decode(&bytes[..]).map_err(undecodable)?;
+            GroupAnswer::Range(engine.range_partial(&request)?)
+        }
+        GroupQuery::Labels(bytes) => {
+            let request = api::LabelsRequest::decode(&bytes[..]).map_err(undecodable)?;
+            GroupAnswer::Labels(engine.labels_partial(&request)?)
+        }
+        GroupQuery::LabelValues(bytes) => {
+            let request = api::LabelValuesRequest::decode(&bytes[..]).map_err(undecodable)?;
+            GroupAnswer::LabelValues(engine.label_values_partial(&request)?)
+        }
+        GroupQuery::Series(bytes) => {
+            let request = api::SeriesRequest::decode(&bytes[..]).map_err(undecodable)?;
+            GroupAnswer::Series(engine.series_partial(&request)?)
+        }
+        GroupQuery::ProfileTypes(bytes) => {
+            let request = api::ProfileTypesRequest::decode(&bytes[..]).map_err(undecodable)?;
+            GroupAnswer::ProfileTypes(engine.profile_types_partial(&request)?)
+        }
+    })
+}
+
+fn allow_partial(options: &Option<api::QueryOptions>) -> bool {
+    options.as_ref().is_some_and(|options| options.allow_partial)
+}
+
+macro_rules! answers_of {
+    ($answers:expr, $variant:ident) => {
+        $answers
+            .into_iter()
+            .map(|answer| match answer {
+                GroupAnswer::$variant(part) => Ok(part),
+                other => Err(NodeError::Internal(format!("a group answered {other:?}"))),
+            })
+            .collect::<Result<Vec<_>, NodeError>>()
+    };
+}
+
+impl Cluster {
+    /// Asks `group` (its leader, wherever it is) to answer `query`, following
+    /// redirects until the group query timeout.
+    async fn query_group(&self, group: GroupId, query: &GroupQuery) -> Result<GroupAnswer, Failure> {
+        let timeout = self.config.group_query_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut redirect: Option<String> = None;
+        let mut last = Failure::Unavailable(format!("no replica of group {group} is known"));
+        while Instant::now() < deadline {
+            let addresses = match redirect.take() {
+                Some(address) => vec![address],
+                None => {
+                    let mut addresses = Vec::new();
+                    if self.replica(group).is_some() {
+                        addresses.push(self.config.advertise_address.clone());
+                    }
+                    for address in self.candidates_for(group) {
+                        if !addresses.contains(&address) {
+                            addresses.push(address);
+                        }
+                    }
+                    addresses
+                }
+            };
+            for address in addresses {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let result = if address == self.config.advertise_address {
+                    match tokio::time::timeout(remaining, self.answer_local(group, query.clone())).await {
+                        Ok(result) => result,
+                        Err(_) => Err(Failure::Unavailable(format!("group {group} timed out"))),
+                    }
+                } else {
+                    let request = Request::Query {
+                        group,
+                        query: query.clone(),
+                    };
+                    match self
+                        .call(&address, &request, remaining.max(Duration::from_millis(1)))
+                        .await
+                    {
+                        Ok(Response::Answer(answer)) => Ok(answer),
+                        Ok(other) => Err(Failure::Unavailable(format!("unexpected answer {other:?}"))),
+                        Err(failure) => Err(failure),
+                    }
+                };
+                match result {
+                    Ok(answer) => return Ok(answer),
+                    Err(Failure::Invalid(message)) => return Err(Failure::Invalid(message)),
+                    Err(Failure::NotLeader { leader: Some(leader) }) if leader != address => {
+                        redirect = Some(leader);
+                        last = Failure::Unavailable(format!("redirected to {address}"));
+                        break;
+                    }
+                    Err(failure) => last = failure,
+                }
+            }
+            if redirect.is_none() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends `query` to every data group and collects the answers. Fails naming
+    /// the groups that did not answer, unless `allow_partial`.
+    pub async fn fan_out(
+        &self,
+        query: GroupQuery,
+        allow_partial: bool,
+    ) -> Result<(Vec<GroupAnswer>, api::Coverage), NodeError> {
+        let view = self.view();
+        if !view.is_bootstrapped() {
+            return Err(NodeError::Unavailable(
+                "the cluster map is not known yet; retry shortly".into(),
+            ));
+        }
+        let groups: Vec<GroupId> = view.data_groups().collect();
+        let asks = groups.iter().map(|group| {
+            let query = &query;
+            async move { (*group, self.query_group(*group, query).await) }
+        });
+        let results = futures::future::join_all(asks).await;
+        let mut answers = Vec::with_capacity(results.len());
+        let mut missing = Vec::new();
+        for (group, result) in results {
+            match result {
+                Ok(answer) => answers.push(answer),
+                Err(Failure::Invalid(message)) => return Err(NodeError::InvalidArgument(message)),
+                Err(failure) => missing.push(api::MissingGroup {
+                    group_id: u64::from(group),
+                    reason: failure.to_string(),
+                }),
+            }
+        }
+        self.metrics.fanout_missing_groups.inc_by(missing.len() as u64);
+        if !missing.is_empty() && !allow_partial {
+            let named: Vec<String> = missing
+                .iter()
+                .map(|missing| format!("group {} ({})", missing.group_id, missing.reason))
+                .collect();
+            return Err(NodeError::Unavailable(format!(
+                "{} of {} groups could not answer: {}; ask for a partial answer (--partial) to get the rest",
+                missing.len(),
+                groups.len(),
+                named.join("; ")
+            )));
+        }
+        Ok((
+            answers,
+            api::Coverage {
+                groups_total: groups.len() as u32,
+                missing,
+            },
+        ))
+    }
+
+    /// Merge over every group.
+    pub async fn merge(&self, request: api::MergeRequest) -> Result<api::MergeResponse, NodeError> {
+        let request = partial::validate_merge(&request)?;
+        let selection = request.selection.clone().unwrap_or_default();
+        let (answers, coverage) = self
+            .fan_out(
+                GroupQuery::Merge(selection.encode_to_vec()),
+                allow_partial(&request.options),
+            )
+            .await?;
+        let parts: Vec<MergePartial> = answers_of!(answers, Merge)?;
+        tokio::task::spawn_blocking(move || partial::finish_merge(&request, parts, coverage))
+            .await
+            .map_err(|error| NodeError::Internal(error.to_string()))?
+    }
+
+    /// Diff over every group.
+    pub async fn diff(&self, request: api::DiffRequest) -> Result<api::DiffResponse, NodeError> {
+        let request = partial::validate_diff(&request)?;
+        let partial_ok = allow_partial(&request.options);
+        let query_a = GroupQuery::Merge(request.a.clone().unwrap_or_default().encode_to_vec());
+        let query_b = GroupQuery::Merge(request.b.clone().unwrap_or_default().encode_to_vec());
+        let (side_a, side_b) = futures::future::try_join(
+            self.fan_out(query_a, partial_ok),
+            self.fan_out(query_b, partial_ok),
+        )
+        .await?;
+        let mut coverage = side_a.1;
+        for missing in side_b.1.missing {
+            if !coverage
+                .missing
+                .iter()
+                .any(|known| known.group_id == missing.group_id)
+            {
+                coverage.missing.push(missing);
+            }
+        }
+        let parts_a: Vec<MergePartial> = answers_of!(side_a.0, Merge)?;
+        let parts_b: Vec<MergePartial> = answers_of!(side_b.0, Merge)?;
+        tokio::task::spawn_blocking(move || partial::finish_diff(&request, parts_a, parts_b, coverage))
+            .await
+            .map_err(|error| NodeError::Internal(error.to_string()))?
+    }
+
+    /// Range over every group.
+    pub async fn range(&self, request: api::RangeRequest) -> Result<api::RangeResponse, NodeError> {
+        let request = partial::validate_range(&request)?;
+        let (answers, coverage) = self
+            .fan_out(
+                GroupQuery::Range(request.encode_to_vec()),
+                allow_partial(&request.options),
+            )
+            .await?;
+        let parts: Vec<RangePartial> = answers_of!(answers, Range)?;
+        partial::finish_range(&request, parts, coverage)
+    }
+
+    /// Label names over every group.
+    pub async fn labels(&self, request: api::LabelsRequest) -> Result<api::LabelsResponse, NodeError> {
+        partial::validate_labels(&request)?;
+        let (answers, coverage) = self
+            .fan_out(
+                GroupQuery::Labels(request.encode_to_vec()),
+                allow_partial(&request.options),
+            )
+            .await?;
+        Ok(partial::finish_labels(answers_of!(answers, Labels)?, coverage))
+    }
+
+    /// Label values over every group.
+    pub async fn label_values(
+        &self,
+        request: api::LabelValuesRequest,
+    ) -> Result<api::LabelValuesResponse, NodeError> {
+        partial::validate_label_values(&request)?;
+        let (answers, coverage) = self
+            .fan_out(
+                GroupQuery::LabelValues(request.encode_to_vec()),
+                allow_partial(&request.options),
+            )
+            .await?;
+        Ok(partial::finish_label_values(
+            answers_of!(answers, LabelValues)?,
+            coverage,
+        ))
+    }
+
+    /// Series over every group.
+    pub async fn series(&self, request: api::SeriesRequest) -> Result<api::SeriesResponse, NodeError> {
+        partial::validate_series(&request)?;
+        let (answers, coverage) = self
+            .fan_out(
+                GroupQuery::Series(request.encode_to_vec()),
+                allow_partial(&request.options),
+            )
+            .await?;
+        let parts: Vec<SeriesPartial> = answers_of!(answers, Series)?;
+        partial::finish_series(parts, coverage)
+    }
+
+    /// Profile types over every group.
+    pub async fn profile_types(
+        &self,
+        request: api::ProfileTypesRequest,
+    ) -> Result<api::ProfileTypesResponse, NodeError> {
+        partial::validate_profile_types(&request)?;
+        let (answers, coverage) = self
+            .fan_out(
+                GroupQuery::ProfileTypes(request.encode_to_vec()),
+                allow_partial(&request.options),
+            )
+            .await?;
+        Ok(partial::finish_profile_types(
+            answers_of!(answers, ProfileTypes)?,
+            coverage,
+        ))
+    }
+}

@@ -1,0 +1,172 @@
+//! Where a group's replicas should live: a pure function of the current voters,
+//! the nodes that may hold replicas, and how loaded each node is.
+//!
+//! Rules, in priority order:
+//! 1. replicas sit on distinct eligible nodes, `target` of them (never more than
+//!    there are eligible nodes);
+//! 2. current voters that are still eligible stay (moving data costs a snapshot);
+//! 3. new replicas go where they add a region, then a zone, the group does not
+//!    have yet, and among those to the node holding the fewest replicas, lowest id
+//!    on ties (deterministic);
+//! 4. when there are too many, the ineligible go first, then the ones on the most
+//!    loaded nodes in the most crowded zone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::raft::NodeId;
+
+/// A node that may hold replicas, with its topology labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Node id.
+    pub id: NodeId,
+    /// Region label.
+    pub region: String,
+    /// Zone label.
+    pub zone: String,
+}
+
+/// The voters a group should have. `load` counts the replicas each node holds now.
+pub fn desired_replicas(
+    current: &BTreeSet<NodeId>,
+    eligible: &[Candidate],
+    target: usize,
+    load: &BTreeMap<NodeId, usize>,
+) -> BTreeSet<NodeId> {
+    let target = target.min(eligible.len());
+    let by_id: BTreeMap<NodeId, &Candidate> = eligible.iter().map(|node| (node.id, node)).collect();
+    let mut chosen: Vec<&Candidate> = current.iter().filter_map(|id| by_id.get(id).copied()).collect();
+    // Too many eligible voters: drop from the most crowded zone, most loaded node.
+    while chosen.len() > target {
+        let crowd =
+            |candidate: &Candidate| chosen.iter().filter(|other| other.zone == candidate.zone).count();
+        let Some(position) = (0..chosen.len()).max_by_key(|index| {
+            let candidate = chosen[*index];
+            (
+                crowd(candidate),
+                load.get(&candidate.id).copied().unwrap_or(0),
+                candidate.id,
+            )
+        }) else {
+            break;
+        };
+        chosen.remove(position);
+    }
+    while chosen.len() < target {
+        let regions: BTreeSet<&str> = chosen.iter().map(|node| node.region.as_str()).collect();
+        let zones: BTreeSet<(&str, &str)> = chosen
+            .iter()
+            .map(|node| (node.region.as_str(), node.zone.as_str()))
+            .collect();
+        let next = eligible
+            .iter()
+            .filter(|candidate| !chosen.iter().any(|node| node.id == candidate.id))
+            .min_by_key(|candidate| {
+                (
+                    regions.contains(candidate.region.as_str()),
+                    zones.contains(&(candidate.region.as_str(), candidate.zone.as_str())),
+                    load.get(&candidate.id).copied().unwrap_or(0),
+                    candidate.id,
+                )
+            });
+        match next {
+            Some(candidate) => chosen.push(candidate),
+            None => break,
+        }
+    }
+    let desired: BTreeSet<NodeId> = chosen.iter().map(|node| node.id).collect();
+    debug_assert_eq!(desired.len(), target, "replicas are on distinct nodes");
+    desired
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn node(id: NodeId, zone: &str) -> Candidate {
+        Candidate {
+            id,
+            region: "r".into(),
+            zone: zone.into(),
+        }
+    }
+
+    #[test]
+    fn keeps_current_voters_when_nothing_changed() {
+        let eligible = [node(1, "a"), node(2, "b"), node(3, "c"), node(4, "a")];
+        let current: BTreeSet<NodeId> = [1, 2, 3].into();
+        assert_eq!(
+            desired_replicas(&current, &eligible, 3, &BTreeMap::new()),
+            current
+        );
+    }
+
+    #[test]
+    fn replaces_an_ineligible_voter_with_a_node_in_a_new_zone() {
+        let eligible = [node(1, "a"), node(2, "b"), node(4, "a"), node(5, "c")];
+        let current: BTreeSet<NodeId> = [1, 2, 3].into();
+        assert_eq!(
+            desired_replicas(&current, &eligible, 3, &BTreeMap::new()),
+            [1, 2, 5].into()
+        );
+    }
+
+    #[test]
+    fn prefers_the_least_loaded_node() {
+        let eligible = [node(1, "a"), node(2, "a"), node(3, "a"), node(4, "a")];
+        let load: BTreeMap<NodeId, usize> = [(1, 9), (2, 9), (3, 9), (4, 0)].into();
+        assert_eq!(
+            desired_replicas(&[1, 2].into(), &eligible, 3, &load),
+            [1, 2, 4].into()
+        );
+    }
+
+    #[test]
+    fn caps_the_replica_count_at_the_eligible_node_count() {
+        let eligible = [node(1, "a"), node(2, "b")];
+        assert_eq!(
+            desired_replicas(&[1].into(), &eligible, 3, &BTreeMap::new()),
+            [1, 2].into()
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn always_distinct_eligible_and_sized(
+            current in proptest::collection::btree_set(1u64..10, 0..6),
+            zones in proptest::collection::vec(0u8..3, 1..9),
+            target in 1usize..6,
+        ) {
+            let eligible: Vec<Candidate> = zones
+                .iter()
+                .enumerate()
+                .map(|(index, zone)| node(index as NodeId + 1, &zone.to_string()))
+                .collect();
+            let desired = desired_replicas(&current, &eligible, target, &BTreeMap::new());
+            prop_assert_eq!(desired.len(), target.min(eligible.len()));
+            for id in &desired {
+                prop_assert!(eligible.iter().any(|node| node.id == *id));
+            }
+            // Every still-eligible current voter is kept when the target allows it.
+            let kept = current.iter().filter(|id| eligible.iter().any(|node| node.id == **id)).count();
+            if kept <= target {
+                for id in current.iter().filter(|id| eligible.iter().any(|node| node.id == **id)) {
+                    prop_assert!(desired.contains(id));
+                }
+            }
+        }
+
+        #[test]
+        fn spreads_over_zones_when_it_can(target in 1usize..4) {
+            let eligible = [node(1, "a"), node(2, "a"), node(3, "b"), node(4, "b"), node(5, "c")];
+            let desired = desired_replicas(&BTreeSet::new(), &eligible, target, &BTreeMap::new());
+            let zones: BTreeSet<String> = desired
+                .iter()
+                .map(|id| eligible.iter().find(|node| node.id == *id).unwrap().zone.clone())
+                .collect();
+            prop_assert_eq!(zones.len(), target);
+        }
+    }
+}

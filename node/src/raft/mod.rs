@@ -1,0 +1,82 @@
+//! The raft glue: openraft's storage and network traits implemented over the node's
+//! one RocksDB and one tonic network layer, for any number of groups.
+//!
+//! - [`log_store`]: the raft log, vote and log pointers of one group (`raft` column
+//!   family, group-prefixed keys). Every append is synced before openraft hears it
+//!   is flushed.
+//! - [`state_machine`]: applies committed [`Command`]s of one group (profile writes
+//!   through the group's writer thread, or cluster-map changes for the metadata
+//!   group), recording the applied log id atomically with the data; builds and
+//!   installs snapshots of the group's key range.
+//! - [`network`]: raft RPCs to other nodes over gRPC, every one naming its group,
+//!   one connection per peer node, with a fault injector for tests.
+//!
+//! Invariant: nothing in this module decides *where* groups live; that is
+//! `crate::cluster`'s job. This module only makes one replica of one group work.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::map::{MetaCommand, MetaResponse};
+use crate::ingest::PreparedWrite;
+use crate::storage::writer::WriteOutcome;
+
+/// A node id: unique in a cluster, never reused.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Kiln's raft type configuration, shared by every group.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// One raft group's handle.
+pub type KilnRaft = openraft::Raft<TypeConfig>;
+/// A raft log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A raft storage error.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// Raft metrics of one group.
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
+
+/// What a raft log entry of a group asks its state machine to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    /// Store prepared profiles (data groups only).
+    Write(PreparedWrite),
+    /// Change the cluster map (metadata group only).
+    Meta(MetaCommand),
+}
+
+/// What applying a [`Command`] (or a blank/membership entry) produced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub enum CommandResponse {
+    /// Blank and membership entries.
+    #[default]
+    Empty,
+    /// A write was stored (or recognised as a duplicate).
+    Written(WriteOutcome),
+    /// A cluster-map change's answer.
+    Meta(MetaResponse),
+}
+
+/// Encodes a value for the raft log or a raft RPC (bincode: compact, and every
+/// node of a cluster runs the same types).
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
+    bincode::serialize(value)
+}
+
+/// Decodes what [`encode`] wrote.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    bincode::deserialize(bytes)
+}
