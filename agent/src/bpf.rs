@@ -150,7 +150,11 @@ pub fn diagnose() -> String {
     const CAP_BPF: u32 = 39;
     let has = |cap: u32| capabilities.is_some_and(|bits| bits & (1u64 << cap) != 0);
     if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
-        let user = if euid == 0 { "root".to_string() } else { format!("uid {euid}, not root") };
+        let user = if euid == 0 {
+            "root".to_string()
+        } else {
+            format!("uid {euid}, not root")
+        };
         reasons.push(format!(
             "running as {user} without CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN (start kiln-agent as root)"
         ));
@@ -161,7 +165,9 @@ pub fn diagnose() -> String {
     if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid") {
         if let Ok(level) = text.trim().parse::<i32>() {
             if level > 2 && !has(CAP_SYS_ADMIN) && !has(CAP_PERFMON) {
-                reasons.push(format!("perf events are locked down (kernel.perf_event_paranoid = {level})"));
+                reasons.push(format!(
+                    "perf events are locked down (kernel.perf_event_paranoid = {level})"
+                ));
             }
         }
     }
@@ -197,7 +203,8 @@ impl Sampler {
             .try_into()
             .map_err(unavailable)?;
         program.load().map_err(unavailable)?;
-        let cpus = aya::util::online_cpus().map_err(|(what, error)| unavailable(format!("{what}: {error}")))?;
+        let cpus =
+            aya::util::online_cpus().map_err(|(what, error)| unavailable(format!("{what}: {error}")))?;
         for cpu in &cpus {
             program
                 .attach(
@@ -209,7 +216,8 @@ impl Sampler {
                 )
                 .map_err(|error| unavailable(format!("perf_event_open on CPU {cpu}: {error}")))?;
         }
-        let possible = aya::util::nr_cpus().map_err(|(what, error)| unavailable(format!("{what}: {error}")))?;
+        let possible =
+            aya::util::nr_cpus().map_err(|(what, error)| unavailable(format!("{what}: {error}")))?;
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| unavailable(format!("map {name} missing from the object")))
@@ -353,7 +361,10 @@ impl Sampler {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                tracing::warn!(?busy, "a BPF program did not finish within {QUIESCE_DEADLINE:?}; draining anyway");
+                tracing::warn!(
+                    ?busy,
+                    "a BPF program did not finish within {QUIESCE_DEADLINE:?}; draining anyway"
+                );
                 return Ok(());
             }
             std::thread::sleep(Duration::from_micros(200));

@@ -256,7 +256,10 @@ impl ScrapeConfig {
 
     /// The path of `kind`.
     pub fn path(&self, kind: ProfileKind) -> &str {
-        self.paths.get(&kind).map(String::as_str).unwrap_or(kind.default_path())
+        self.paths
+            .get(&kind)
+            .map(String::as_str)
+            .unwrap_or(kind.default_path())
     }
 }
 
@@ -284,11 +287,15 @@ impl Config {
             )));
         }
         if profiler.drain_interval < Duration::from_millis(100) {
-            return Err(ConfigError::Invalid("profiler.drain_interval must be at least 100ms".into()));
+            return Err(ConfigError::Invalid(
+                "profiler.drain_interval must be at least 100ms".into(),
+            ));
         }
         for (name, _) in &self.labels {
             if !kiln_model::labels::is_valid_label_name(name) {
-                return Err(ConfigError::Invalid(format!("label name {name:?} is not a valid label name")));
+                return Err(ConfigError::Invalid(format!(
+                    "label name {name:?} is not a valid label name"
+                )));
             }
         }
         for scrape in &self.scrape_configs {
@@ -322,7 +329,10 @@ mod tests {
         config.validate().expect("valid");
         assert_eq!(config.profiler.frequency_hz, 19);
         assert_eq!(config.scrape_configs[0].interval, Duration::from_secs(10));
-        assert_eq!(config.scrape_configs[0].path(ProfileKind::Cpu), "/debug/pprof/profile");
+        assert_eq!(
+            config.scrape_configs[0].path(ProfileKind::Cpu),
+            "/debug/pprof/profile"
+        );
     }
 
     #[test]

@@ -167,7 +167,10 @@ impl CpuProfiler {
                     }
                 }
                 Err(_) => {
-                    tracing::error!(pid, "symbolization panicked; the process' samples get unknown frames");
+                    tracing::error!(
+                        pid,
+                        "symbolization panicked; the process' samples get unknown frames"
+                    );
                     self.metrics.symbolization_failures.inc();
                     let unknown = [StackFrame {
                         address: 0,
@@ -218,8 +221,21 @@ impl CpuProfiler {
             });
         }
         if !sample.user_stack.is_empty() {
-            let frames = symbolizer.user_frames(proc_root, pid, info, &sample.user_stack);
-            for (address, frames) in sample.user_stack.iter().zip(frames) {
+            // A frame-pointer walk through code built without frame pointers yields garbage after the
+            // first bad frame; an address outside every mapping marks that point: keep one unknown frame
+            // for it and drop the rest. (A process we know nothing about keeps only that one frame.)
+            let mapped = if info.known {
+                sample
+                    .user_stack
+                    .iter()
+                    .position(|address| info.mapping_for(*address).is_none())
+                    .map_or(sample.user_stack.len(), |first_unmapped| first_unmapped + 1)
+            } else {
+                1
+            };
+            let user_stack = &sample.user_stack[..mapped.min(sample.user_stack.len())];
+            let frames = symbolizer.user_frames(proc_root, pid, info, user_stack);
+            for (address, frames) in user_stack.iter().zip(frames) {
                 let mapping = info.mapping_for(*address).map(|mapping| MappingKey {
                     start: mapping.start,
                     limit: mapping.end,
@@ -276,7 +292,8 @@ impl CpuProfiler {
     /// Runs until `shutdown`: peeks at new pids every second, drains every interval, and on shutdown
     /// drains once more so the last partial interval is sent too.
     pub fn run(self, mut sampler: Sampler, runtime: tokio::runtime::Handle, shutdown: Shutdown) {
-        let mut processes = ProcessCache::new(&self.proc_root, Duration::from_secs(30), Duration::from_secs(600));
+        let mut processes =
+            ProcessCache::new(&self.proc_root, Duration::from_secs(30), Duration::from_secs(600));
         let mut symbolizer = Symbolizer::new(200_000);
         let mut previous_stats = BpfStats::default();
         let mut cycle_start = SystemTime::now();
@@ -291,7 +308,11 @@ impl CpuProfiler {
                 if now >= next_drain {
                     break false;
                 }
-                std::thread::sleep(PEEK_INTERVAL.min(next_drain - now).min(Duration::from_millis(250)));
+                std::thread::sleep(
+                    PEEK_INTERVAL
+                        .min(next_drain - now)
+                        .min(Duration::from_millis(250)),
+                );
                 if Instant::now() + PEEK_INTERVAL >= next_drain {
                     continue;
                 }
@@ -310,7 +331,8 @@ impl CpuProfiler {
                     let failures_before = symbolizer.stats().failures;
                     // Labels depend on /proc and are recomputed every cycle (pid reuse, exec).
                     let mut labels_cache = HashMap::new();
-                    let output = self.build_cycle(samples, &mut processes, &mut symbolizer, &mut labels_cache);
+                    let output =
+                        self.build_cycle(samples, &mut processes, &mut symbolizer, &mut labels_cache);
                     self.metrics.stacks.inc_by(output.keys as u64);
                     self.metrics
                         .symbolization_failures
@@ -357,7 +379,10 @@ impl CpuProfiler {
         Metrics::kind(&self.metrics.stack_errors, "stack_map_full")
             .inc_by(delta(now.stack_map_full, previous.stack_map_full));
         if now.nested > previous.nested {
-            tracing::warn!(count = now.nested - previous.nested, "BPF program nesting observed");
+            tracing::warn!(
+                count = now.nested - previous.nested,
+                "BPF program nesting observed"
+            );
         }
         *previous = now;
     }
@@ -386,7 +411,14 @@ mod tests {
         };
         let mut statics = BTreeMap::new();
         statics.insert("region".to_string(), "eu".to_string());
-        let labels = process_labels(&info, 7, std::path::Path::new("/nonexistent"), "host1", &statics, false);
+        let labels = process_labels(
+            &info,
+            7,
+            std::path::Path::new("/nonexistent"),
+            "host1",
+            &statics,
+            false,
+        );
         assert_eq!(labels.get("node").map(String::as_str), Some("host1"));
         assert_eq!(labels.get("executable").map(String::as_str), Some("api-server"));
         assert_eq!(labels.get("comm").map(String::as_str), Some("api"));
@@ -397,14 +429,24 @@ mod tests {
         );
         assert_eq!(labels.get("region").map(String::as_str), Some("eu"));
         assert!(!labels.contains_key("pid"));
-        let with_pid = process_labels(&info, 7, std::path::Path::new("/nonexistent"), "h", &statics, true);
+        let with_pid = process_labels(
+            &info,
+            7,
+            std::path::Path::new("/nonexistent"),
+            "h",
+            &statics,
+            true,
+        );
         assert_eq!(with_pid.get("pid").map(String::as_str), Some("7"));
     }
 
     fn profiler(dir: &std::path::Path) -> CpuProfiler {
         let metrics = Metrics::new();
         CpuProfiler {
-            outbox: Outbox::new(crate::spool::Spool::open(dir, 1 << 20).expect("spool"), metrics.clone()),
+            outbox: Outbox::new(
+                crate::spool::Spool::open(dir, 1 << 20).expect("spool"),
+                metrics.clone(),
+            ),
             metrics,
             node_name: "n".into(),
             static_labels: BTreeMap::new(),
@@ -437,9 +479,16 @@ mod tests {
         assert_eq!(labels.get("comm").map(String::as_str), Some("[exited]"));
         assert_eq!(builder.total_samples(), 3);
         let profile = builder.finish(0, 1, 1);
-        let names: Vec<&str> = profile.function.iter().map(|f| profile.string_table[f.name as usize].as_str()).collect();
+        let names: Vec<&str> = profile
+            .function
+            .iter()
+            .map(|f| profile.string_table[f.name as usize].as_str())
+            .collect();
         assert!(names.contains(&"[exited process]"), "{names:?}");
-        assert!(names.iter().any(|name| name.starts_with("[kernel stack lost")), "{names:?}");
+        assert!(
+            names.iter().any(|name| name.starts_with("[kernel stack lost")),
+            "{names:?}"
+        );
     }
 
     #[test]

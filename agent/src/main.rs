@@ -78,7 +78,9 @@ fn merged_config(args: &Args) -> anyhow::Result<Config> {
         let (name, value) = pair
             .split_once('=')
             .with_context(|| format!("--label {pair:?}: expected NAME=VALUE"))?;
-        config.labels.insert(name.trim().to_string(), value.trim().to_string());
+        config
+            .labels
+            .insert(name.trim().to_string(), value.trim().to_string());
     }
     if let Some(frequency) = args.frequency_hz {
         config.profiler.frequency_hz = frequency;
@@ -105,7 +107,9 @@ fn merged_config(args: &Args) -> anyhow::Result<Config> {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -183,7 +187,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let spool = Spool::open(&config.spool.dir, config.spool.max_bytes)
         .with_context(|| format!("cannot open the spool at {}", config.spool.dir.display()))?;
     if !spool.is_empty() {
-        tracing::info!(batches = spool.len(), bytes = spool.bytes(), "replaying batches spooled by an earlier run");
+        tracing::info!(
+            batches = spool.len(),
+            bytes = spool.bytes(),
+            "replaying batches spooled by an earlier run"
+        );
     }
     let outbox = Outbox::new(spool, metrics.clone());
     let sink = KilnSink::new(&config.server)?;

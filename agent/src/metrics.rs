@@ -73,9 +73,17 @@ impl Metrics {
         let samples = Counter::default();
         registry.register("samples", "CPU samples charged to a process", samples.clone());
         let idle_samples = Counter::default();
-        registry.register("idle_samples", "CPU samples of idle CPUs (not recorded)", idle_samples.clone());
+        registry.register(
+            "idle_samples",
+            "CPU samples of idle CPUs (not recorded)",
+            idle_samples.clone(),
+        );
         let stacks = Counter::default();
-        registry.register("stacks", "Distinct (process, user stack, kernel stack) keys drained", stacks.clone());
+        registry.register(
+            "stacks",
+            "Distinct (process, user stack, kernel stack) keys drained",
+            stacks.clone(),
+        );
         let stack_errors = Family::<KindLabel, Counter>::default();
         registry.register(
             "stack_errors",
@@ -83,7 +91,11 @@ impl Metrics {
             stack_errors.clone(),
         );
         let lost_samples = Counter::default();
-        registry.register("lost_samples", "Samples lost in the kernel (counts map full)", lost_samples.clone());
+        registry.register(
+            "lost_samples",
+            "Samples lost in the kernel (counts map full)",
+            lost_samples.clone(),
+        );
         let symbolization_failures = Counter::default();
         registry.register(
             "symbolization_failures",
@@ -91,19 +103,43 @@ impl Metrics {
             symbolization_failures.clone(),
         );
         let profiles = Counter::default();
-        registry.register("profiles", "CPU profiles built (one per series per cycle)", profiles.clone());
+        registry.register(
+            "profiles",
+            "CPU profiles built (one per series per cycle)",
+            profiles.clone(),
+        );
         let cycle_errors = Counter::default();
-        registry.register("cycle_errors", "Profiling cycles that failed", cycle_errors.clone());
+        registry.register(
+            "cycle_errors",
+            "Profiling cycles that failed",
+            cycle_errors.clone(),
+        );
         let push_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register("push_duration_seconds", "Time to push one batch", push_duration.clone());
+        registry.register(
+            "push_duration_seconds",
+            "Time to push one batch",
+            push_duration.clone(),
+        );
         let push_errors = Family::<KindLabel, Counter>::default();
         registry.register("push_errors", "Failed pushes by kind", push_errors.clone());
         let batches_pushed = Counter::default();
-        registry.register("batches_pushed", "Batches acknowledged by the node", batches_pushed.clone());
+        registry.register(
+            "batches_pushed",
+            "Batches acknowledged by the node",
+            batches_pushed.clone(),
+        );
         let spool_bytes = Gauge::<u64, AtomicU64>::default();
-        registry.register("spool_bytes", "Bytes of batches waiting in the spool", spool_bytes.clone());
+        registry.register(
+            "spool_bytes",
+            "Bytes of batches waiting in the spool",
+            spool_bytes.clone(),
+        );
         let spool_batches = Gauge::<u64, AtomicU64>::default();
-        registry.register("spool_batches", "Batches waiting in the spool", spool_batches.clone());
+        registry.register(
+            "spool_batches",
+            "Batches waiting in the spool",
+            spool_batches.clone(),
+        );
         let dropped_batches = Family::<KindLabel, Counter>::default();
         registry.register(
             "dropped_batches",
@@ -111,9 +147,17 @@ impl Metrics {
             dropped_batches.clone(),
         );
         let scrapes = Family::<ScrapeLabel, Counter>::default();
-        registry.register("scrapes", "pprof scrapes by job, profile and result", scrapes.clone());
+        registry.register(
+            "scrapes",
+            "pprof scrapes by job, profile and result",
+            scrapes.clone(),
+        );
         let bpf_running = Gauge::default();
-        registry.register("bpf_running", "1 when the eBPF CPU profiler is running", bpf_running.clone());
+        registry.register(
+            "bpf_running",
+            "1 when the eBPF CPU profiler is running",
+            bpf_running.clone(),
+        );
         Metrics {
             samples,
             idle_samples,

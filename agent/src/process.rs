@@ -142,9 +142,7 @@ pub fn parse_cgroup_identity(path: &str) -> CgroupIdentity {
     let mut identity = CgroupIdentity::default();
     let in_kubepods = path.contains("kubepods");
     for component in path.split('/') {
-        let name = component
-            .trim_end_matches(".scope")
-            .trim_end_matches(".slice");
+        let name = component.trim_end_matches(".scope").trim_end_matches(".slice");
         if in_kubepods {
             for qos in ["burstable", "besteffort", "guaranteed"] {
                 if name.ends_with(qos) || name.contains(&format!("-{qos}-")) || name == qos {
@@ -326,14 +324,20 @@ mod tests {
             known: true,
             ..Default::default()
         };
-        assert_eq!(info.mapping_for(0x55552000).map(|m| m.path.as_str()), Some("/usr/bin/app"));
+        assert_eq!(
+            info.mapping_for(0x55552000).map(|m| m.path.as_str()),
+            Some("/usr/bin/app")
+        );
         assert!(info.mapping_for(0x55553000).is_none());
         assert!(info.mapping_for(0x10).is_none());
     }
 
     #[test]
     fn cgroup_v2_line_wins() {
-        assert_eq!(parse_cgroup_file("0::/user.slice/session-1.scope\n"), "/user.slice/session-1.scope");
+        assert_eq!(
+            parse_cgroup_file("0::/user.slice/session-1.scope\n"),
+            "/user.slice/session-1.scope"
+        );
         assert_eq!(
             parse_cgroup_file("12:cpu,cpuacct:/docker/abc\n11:memory:/\n"),
             "/docker/abc"
@@ -348,22 +352,32 @@ mod tests {
         );
         let identity = parse_cgroup_identity(&path);
         assert_eq!(identity.container_id.as_deref(), Some(id.as_str()));
-        assert_eq!(identity.pod_uid.as_deref(), Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"));
+        assert_eq!(
+            identity.pod_uid.as_deref(),
+            Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d")
+        );
         assert_eq!(identity.qos_class.as_deref(), Some("burstable"));
     }
 
     #[test]
     fn kubernetes_cgroupfs_and_docker_paths() {
         let id = "0123456789abcdef".repeat(4);
-        let identity =
-            parse_cgroup_identity(&format!("/kubepods/besteffort/pod1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d/{id}"));
+        let identity = parse_cgroup_identity(&format!(
+            "/kubepods/besteffort/pod1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d/{id}"
+        ));
         assert_eq!(identity.container_id.as_deref(), Some(id.as_str()));
-        assert_eq!(identity.pod_uid.as_deref(), Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"));
+        assert_eq!(
+            identity.pod_uid.as_deref(),
+            Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d")
+        );
         assert_eq!(identity.qos_class.as_deref(), Some("besteffort"));
         let docker = parse_cgroup_identity(&format!("/system.slice/docker-{id}.scope"));
         assert_eq!(docker.container_id.as_deref(), Some(id.as_str()));
         assert_eq!(docker.pod_uid, None);
-        assert_eq!(parse_cgroup_identity("/user.slice/user-0.slice"), CgroupIdentity::default());
+        assert_eq!(
+            parse_cgroup_identity("/user.slice/user-0.slice"),
+            CgroupIdentity::default()
+        );
     }
 
     #[test]

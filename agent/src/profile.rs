@@ -192,7 +192,8 @@ impl ProfileBuilder {
 /// Encodes and gzips a profile (the node accepts both; gzip keeps the spool and the wire small).
 pub fn encode_gzipped(profile: &wire::Profile) -> Vec<u8> {
     let raw = profile.encode_to_vec();
-    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 3), flate2::Compression::fast());
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 3), flate2::Compression::fast());
     // Writing into a Vec cannot fail.
     let _ = encoder.write_all(&raw);
     encoder.finish().unwrap_or(raw)

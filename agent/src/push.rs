@@ -65,14 +65,22 @@ impl KilnSink {
 
 impl Sink for KilnSink {
     async fn write(&self, request: WriteRequest) -> Result<WriteResponse, PushError> {
-        self.client.write(request).await.map_err(|error| match error.grpc_code() {
-            Some(code) if kiln_client::client::is_retryable(code) => PushError::Unavailable(error.to_string()),
-            // Cancelled / Unknown / Internal can come from a connection torn mid-call: retry those too.
-            Some(tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Aborted) => {
-                PushError::Unavailable(error.to_string())
-            }
-            _ => PushError::Rejected(error.to_string()),
-        })
+        self.client
+            .write(request)
+            .await
+            .map_err(|error| match error.grpc_code() {
+                Some(code) if kiln_client::client::is_retryable(code) => {
+                    PushError::Unavailable(error.to_string())
+                }
+                // Cancelled / Unknown / Internal can come from a connection torn mid-call: retry those too.
+                Some(
+                    tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+                    | tonic::Code::Internal
+                    | tonic::Code::Aborted,
+                ) => PushError::Unavailable(error.to_string()),
+                _ => PushError::Rejected(error.to_string()),
+            })
     }
 }
 
@@ -189,14 +197,22 @@ impl Outbox {
         }
         let deadline = Instant::now() + final_flush;
         while Instant::now() < deadline {
-            match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.push_one(&sink)).await {
+            match tokio::time::timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                self.push_one(&sink),
+            )
+            .await
+            {
                 Ok(Progress::Sent) => continue,
                 _ => break,
             }
         }
         let left = self.pending();
         if left > 0 {
-            tracing::info!(batches = left, "leaving unsent batches in the spool for the next run");
+            tracing::info!(
+                batches = left,
+                "leaving unsent batches in the spool for the next run"
+            );
         }
     }
 
@@ -222,9 +238,16 @@ impl Outbox {
         let outcome = sink.write(request).await;
         match outcome {
             Ok(response) => {
-                self.metrics.push_duration.observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .push_duration
+                    .observe(started.elapsed().as_secs_f64());
                 self.metrics.batches_pushed.inc();
-                tracing::debug!(sequence, duplicate = response.duplicate, profiles = response.profiles, "pushed");
+                tracing::debug!(
+                    sequence,
+                    duplicate = response.duplicate,
+                    profiles = response.profiles,
+                    "pushed"
+                );
                 if let Err(error) = self.with_spool(move |spool| spool.remove(sequence)).await {
                     tracing::error!(%error, "cannot remove a pushed batch from the spool");
                     return Progress::Failed;
@@ -336,7 +359,9 @@ mod tests {
         }
         // Let the pusher fail against the down sink at least once.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while Metrics::kind(&metrics.push_errors, "unavailable").get() == 0 && tokio::time::Instant::now() < deadline {
+        while Metrics::kind(&metrics.push_errors, "unavailable").get() == 0
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(stored.lock().expect("lock").is_empty());

@@ -94,11 +94,12 @@ pub fn compile(rules: &[RuleConfig]) -> Result<Vec<Rule>, RelabelError> {
         .iter()
         .enumerate()
         .map(|(index, config)| {
-            let regex = Regex::new(&format!("^(?:{})$", config.regex)).map_err(|source| RelabelError::Regex {
-                index,
-                regex: config.regex.clone(),
-                source,
-            })?;
+            let regex =
+                Regex::new(&format!("^(?:{})$", config.regex)).map_err(|source| RelabelError::Regex {
+                    index,
+                    regex: config.regex.clone(),
+                    source,
+                })?;
             if config.action == Action::Replace && config.target_label.is_none() {
                 return Err(RelabelError::MissingTarget { index });
             }
@@ -176,14 +177,20 @@ mod tests {
     }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn keep_and_drop() {
         let keep = rules("[[relabel_configs]]\naction='keep'\nsource_labels=['comm']\nregex='burn.*'\n");
         assert!(apply(&keep, labels(&[("comm", "burner")])).is_some());
-        assert!(apply(&keep, labels(&[("comm", "xburner")])).is_none(), "regex is anchored");
+        assert!(
+            apply(&keep, labels(&[("comm", "xburner")])).is_none(),
+            "regex is anchored"
+        );
         assert!(apply(&keep, labels(&[])).is_none());
         let drop = rules("[[relabel_configs]]\naction='drop'\nsource_labels=['comm']\nregex='kworker.*'\n");
         assert!(apply(&drop, labels(&[("comm", "kworker/0:1")])).is_none());
@@ -203,7 +210,9 @@ mod tests {
 
     #[test]
     fn replace_to_empty_removes_label() {
-        let rules = rules("[[relabel_configs]]\nsource_labels=['x']\nregex='.*'\ntarget_label='cgroup'\nreplacement=''\n");
+        let rules = rules(
+            "[[relabel_configs]]\nsource_labels=['x']\nregex='.*'\ntarget_label='cgroup'\nreplacement=''\n",
+        );
         let out = apply(&rules, labels(&[("cgroup", "/a")])).expect("kept");
         assert!(!out.contains_key("cgroup"));
     }
@@ -211,7 +220,11 @@ mod tests {
     #[test]
     fn labeldrop_and_labelkeep() {
         let drop = rules("[[relabel_configs]]\naction='labeldrop'\nregex='container_.*|cgroup'\n");
-        let out = apply(&drop, labels(&[("cgroup", "/a"), ("container_id", "x"), ("comm", "c")])).expect("kept");
+        let out = apply(
+            &drop,
+            labels(&[("cgroup", "/a"), ("container_id", "x"), ("comm", "c")]),
+        )
+        .expect("kept");
         assert_eq!(out.keys().collect::<Vec<_>>(), vec!["comm"]);
         let keep = rules("[[relabel_configs]]\naction='labelkeep'\nregex='comm|node'\n");
         let out = apply(&keep, labels(&[("cgroup", "/a"), ("node", "n"), ("comm", "c")])).expect("kept");
@@ -228,7 +241,10 @@ mod tests {
             replacement: "$1".into(),
             action: Action::Replace,
         };
-        assert!(matches!(compile(&[bad_regex]), Err(RelabelError::Regex { index: 0, .. })));
+        assert!(matches!(
+            compile(&[bad_regex]),
+            Err(RelabelError::Regex { index: 0, .. })
+        ));
         let no_target = RuleConfig {
             regex: ".*".into(),
             target_label: None,
@@ -241,6 +257,9 @@ mod tests {
                 action: Action::Replace,
             }
         };
-        assert!(matches!(compile(&[no_target]), Err(RelabelError::MissingTarget { index: 0 })));
+        assert!(matches!(
+            compile(&[no_target]),
+            Err(RelabelError::MissingTarget { index: 0 })
+        ));
     }
 }

@@ -75,7 +75,12 @@ pub struct ScrapeTarget {
 impl ScrapeTarget {
     /// The URL fetched.
     pub fn url(&self) -> String {
-        let base = format!("{}://{}{}", self.config.scheme, self.target, self.config.path(self.kind));
+        let base = format!(
+            "{}://{}{}",
+            self.config.scheme,
+            self.target,
+            self.config.path(self.kind)
+        );
         if self.kind == ProfileKind::Cpu {
             format!("{base}?seconds={}", cpu_seconds(self.config.interval))
         } else {
@@ -135,7 +140,12 @@ pub async fn scrape_once(client: &reqwest::Client, target: &ScrapeTarget) -> Res
         url: url.clone(),
         source,
     };
-    let response = client.get(&url).timeout(target.timeout()).send().await.map_err(http)?;
+    let response = client
+        .get(&url)
+        .timeout(target.timeout())
+        .send()
+        .await
+        .map_err(http)?;
     let status = response.status();
     if !status.is_success() {
         let body = response.text().await.unwrap_or_default();
@@ -145,7 +155,10 @@ pub async fn scrape_once(client: &reqwest::Client, target: &ScrapeTarget) -> Res
             body: body.chars().take(200).collect(),
         });
     }
-    if response.content_length().is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_BODY_BYTES as u64)
+    {
         return Err(ScrapeError::TooLarge { url });
     }
     let body = response.bytes().await.map_err(http)?;
@@ -153,8 +166,12 @@ pub async fn scrape_once(client: &reqwest::Client, target: &ScrapeTarget) -> Res
         return Err(ScrapeError::TooLarge { url });
     }
     match target.kind {
-        ProfileKind::Heap => keep_sample_types(&body, "inuse_").map_err(|reason| ScrapeError::NotPprof { url, reason }),
-        ProfileKind::Allocs => keep_sample_types(&body, "alloc_").map_err(|reason| ScrapeError::NotPprof { url, reason }),
+        ProfileKind::Heap => {
+            keep_sample_types(&body, "inuse_").map_err(|reason| ScrapeError::NotPprof { url, reason })
+        }
+        ProfileKind::Allocs => {
+            keep_sample_types(&body, "alloc_").map_err(|reason| ScrapeError::NotPprof { url, reason })
+        }
         _ => {
             // Validate early so that garbage is reported here, against the target, not by the node.
             decode(&body).map_err(|reason| ScrapeError::NotPprof { url, reason })?;
@@ -211,7 +228,11 @@ pub fn keep_sample_types(bytes: &[u8], prefix: &str) -> Result<Vec<u8>, String> 
     }
     // The default sample type is a string id; keep it only if that type survived.
     if let Some(name) = default_name {
-        if !profile.sample_type.iter().any(|value_type| name_of_table(&profile.string_table, value_type) == name) {
+        if !profile
+            .sample_type
+            .iter()
+            .any(|value_type| name_of_table(&profile.string_table, value_type) == name)
+        {
             profile.default_sample_type = 0;
         }
     }
@@ -299,10 +320,19 @@ mod tests {
     use super::*;
 
     fn heap_profile() -> Vec<u8> {
-        let strings: Vec<String> = ["", "alloc_objects", "count", "alloc_space", "bytes", "inuse_objects", "inuse_space", "space"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let strings: Vec<String> = [
+            "",
+            "alloc_objects",
+            "count",
+            "alloc_space",
+            "bytes",
+            "inuse_objects",
+            "inuse_space",
+            "space",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let profile = wire::Profile {
             sample_type: vec![
                 wire::ValueType { r#type: 1, unit: 2 },
@@ -347,7 +377,10 @@ mod tests {
         statics.insert("env".to_string(), "dev".to_string());
         let targets = targets(&config.scrape_configs, &statics, &rules);
         assert_eq!(targets.len(), 2);
-        assert_eq!(targets[0].url(), "http://127.0.0.1:6060/debug/pprof/profile?seconds=15");
+        assert_eq!(
+            targets[0].url(),
+            "http://127.0.0.1:6060/debug/pprof/profile?seconds=15"
+        );
         assert_eq!(targets[1].url(), "http://127.0.0.1:6060/debug/pprof/heap");
         assert_eq!(targets[0].labels.get("job").map(String::as_str), Some("go"));
         assert_eq!(targets[0].labels.get("env").map(String::as_str), Some("dev"));

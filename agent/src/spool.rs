@@ -70,7 +70,10 @@ impl Spool {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            let Some(sequence) = name.strip_suffix(".batch").and_then(|digits| digits.parse::<u64>().ok()) else {
+            let Some(sequence) = name
+                .strip_suffix(".batch")
+                .and_then(|digits| digits.parse::<u64>().ok())
+            else {
                 continue;
             };
             let size = entry.metadata().map_err(io(&path))?.len();
@@ -223,7 +226,10 @@ mod tests {
         let mut spool = Spool::open(dir.path(), 350).expect("open");
         let mut dropped = 0;
         for index in 0..5 {
-            dropped += spool.append(&request(&format!("k{index}"), 100)).expect("append").dropped_batches;
+            dropped += spool
+                .append(&request(&format!("k{index}"), 100))
+                .expect("append")
+                .dropped_batches;
         }
         assert!(spool.bytes() <= 350);
         assert_eq!(dropped as usize + spool.len(), 5);

@@ -126,7 +126,10 @@ impl Symbolizer {
             if self.kernel.len() + missing.len() > self.max_entries {
                 self.kernel.clear();
             }
-            match self.blaze.symbolize(&self.kernel_source, Input::AbsAddr(&missing)) {
+            match self
+                .blaze
+                .symbolize(&self.kernel_source, Input::AbsAddr(&missing))
+            {
                 Ok(results) => {
                     for (address, result) in missing.iter().zip(results) {
                         let frames = convert(&result).unwrap_or_else(|| {
@@ -147,13 +150,24 @@ impl Symbolizer {
         }
         lookups
             .iter()
-            .map(|address| self.kernel.get(address).cloned().unwrap_or_else(|| unknown("[unknown kernel]")))
+            .map(|address| {
+                self.kernel
+                    .get(address)
+                    .cloned()
+                    .unwrap_or_else(|| unknown("[unknown kernel]"))
+            })
             .collect()
     }
 
     /// Symbolizes user addresses of `process` (leaf first, like [`Self::kernel_frames`]). Addresses
     /// outside any file mapping, and files that cannot be read, give unknown frames naming the mapping.
-    pub fn user_frames(&mut self, proc_root: &std::path::Path, pid: u32, process: &ProcessInfo, addresses: &[u64]) -> Vec<Frames> {
+    pub fn user_frames(
+        &mut self,
+        proc_root: &std::path::Path,
+        pid: u32,
+        process: &ProcessInfo,
+        addresses: &[u64],
+    ) -> Vec<Frames> {
         let lookups = lookup_addresses(addresses);
         let mut out: Vec<Option<Frames>> = vec![None; lookups.len()];
         // Group the misses by file so blazesym gets one batch per file.
@@ -161,7 +175,11 @@ impl Symbolizer {
         for (index, address) in lookups.iter().enumerate() {
             let Some(mapping) = process.mapping_for(*address) else {
                 self.stats.failures += 1;
-                out[index] = Some(unknown(if process.known { "[unknown]" } else { "[exited process]" }));
+                out[index] = Some(unknown(if process.known {
+                    "[unknown]"
+                } else {
+                    "[exited process]"
+                }));
                 continue;
             };
             if !mapping.is_file() {
@@ -218,8 +236,16 @@ impl Symbolizer {
     /// The cache key of a mapped file and the path to open it by: the plain path when it is the same
     /// file in our mount namespace (so blazesym parses a binary shared by many processes once),
     /// `/proc/PID/root/PATH` otherwise (containers).
-    fn file_key(&mut self, proc_root: &std::path::Path, pid: u32, mapping: &Mapping) -> Option<(FileKey, PathBuf)> {
-        let through_proc = proc_root.join(pid.to_string()).join("root").join(mapping.path.trim_start_matches('/'));
+    fn file_key(
+        &mut self,
+        proc_root: &std::path::Path,
+        pid: u32,
+        mapping: &Mapping,
+    ) -> Option<(FileKey, PathBuf)> {
+        let through_proc = proc_root
+            .join(pid.to_string())
+            .join("root")
+            .join(mapping.path.trim_start_matches('/'));
         let plain = PathBuf::from(&mapping.path);
         let open_path = if same_file(&plain, &mapping.dev_inode) {
             plain
@@ -295,7 +321,8 @@ fn same_file(path: &std::path::Path, dev_inode: &(String, u64)) -> bool {
     let Some((want_major, want_minor)) = dev_inode.0.split_once(':') else {
         return false;
     };
-    u32::from_str_radix(want_major, 16).ok() == Some(major) && u32::from_str_radix(want_minor, 16).ok() == Some(minor)
+    u32::from_str_radix(want_major, 16).ok() == Some(major)
+        && u32::from_str_radix(want_minor, 16).ok() == Some(minor)
 }
 
 /// Leaf first: the leaf is the interrupted instruction, every other frame a return address, looked up
@@ -304,7 +331,13 @@ pub fn lookup_addresses(addresses: &[u64]) -> Vec<u64> {
     addresses
         .iter()
         .enumerate()
-        .map(|(index, address)| if index == 0 { *address } else { address.saturating_sub(1) })
+        .map(|(index, address)| {
+            if index == 0 {
+                *address
+            } else {
+                address.saturating_sub(1)
+            }
+        })
         .collect()
 }
 
