@@ -7,6 +7,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The BPF programs, `bpf/NAME.bpf.c` each.
+const PROGRAMS: &[&str] = &["profiler"];
+
 fn main() {
     let manifest_dir =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -21,7 +24,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=KILN_BPF_CLANG");
     let bpf_dir = manifest_dir.join("bpf");
     println!("cargo:rerun-if-changed={}", bpf_dir.display());
-    for program in ["profiler"] {
+    for program in PROGRAMS {
         let source = bpf_dir.join(format!("{program}.bpf.c"));
         let object = out_dir.join(format!("{program}.bpf.o"));
         println!("cargo:rerun-if-changed={}", source.display());

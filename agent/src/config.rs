@@ -291,7 +291,7 @@ impl Config {
                 "profiler.drain_interval must be at least 100ms".into(),
             ));
         }
-        for (name, _) in &self.labels {
+        for name in self.labels.keys() {
             if !kiln_model::labels::is_valid_label_name(name) {
                 return Err(ConfigError::Invalid(format!(
                     "label name {name:?} is not a valid label name"

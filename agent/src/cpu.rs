@@ -159,7 +159,7 @@ impl CpuProfiler {
                     .map(|sample| self.stack(symbolizer, &proc_root, pid, &info, sample))
                     .collect::<Vec<_>>()
             }));
-            let builder = output.series.entry(labels).or_insert_with(ProfileBuilder::new);
+            let builder = output.series.entry(labels).or_default();
             match stacks {
                 Ok(stacks) => {
                     for (stack, sample) in stacks.iter().zip(&samples) {
@@ -355,7 +355,7 @@ impl CpuProfiler {
             cycles += 1;
             // Parsed DWARF of rarely seen binaries is the bulk of the memory: release it now and then;
             // the result caches keep the answers.
-            if cycles % 30 == 0 {
+            if cycles.is_multiple_of(30) {
                 symbolizer.release_parsed_files();
             }
             if stopping {

@@ -36,8 +36,8 @@ pub struct StackFrame {
     pub frames: Frames,
 }
 
-/// Accumulates samples of one series.
-#[derive(Debug, Default)]
+/// Accumulates samples of one series. `Default` is [`ProfileBuilder::new`] (string 0 is `""`).
+#[derive(Debug)]
 pub struct ProfileBuilder {
     strings: Vec<String>,
     string_ids: HashMap<String, i64>,
@@ -53,7 +53,17 @@ pub struct ProfileBuilder {
 impl ProfileBuilder {
     /// An empty profile.
     pub fn new() -> Self {
-        let mut builder = ProfileBuilder::default();
+        let mut builder = ProfileBuilder {
+            strings: Vec::new(),
+            string_ids: HashMap::new(),
+            functions: Vec::new(),
+            function_ids: HashMap::new(),
+            mappings: Vec::new(),
+            mapping_ids: HashMap::new(),
+            locations: Vec::new(),
+            location_ids: HashMap::new(),
+            samples: HashMap::new(),
+        };
         builder.string(""); // pprof: string 0 is ""
         builder
     }
@@ -189,6 +199,12 @@ impl ProfileBuilder {
     }
 }
 
+impl Default for ProfileBuilder {
+    fn default() -> Self {
+        ProfileBuilder::new()
+    }
+}
+
 /// Encodes and gzips a profile (the node accepts both; gzip keeps the spool and the wire small).
 pub fn encode_gzipped(profile: &wire::Profile) -> Vec<u8> {
     let raw = profile.encode_to_vec();
@@ -216,6 +232,12 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn default_builder_starts_with_the_empty_string() {
+        let profile = ProfileBuilder::default().finish(0, 0, 1);
+        assert_eq!(profile.string_table.first().map(String::as_str), Some(""));
     }
 
     #[test]

@@ -84,9 +84,7 @@ fn nested_functions_and_two_to_one_split() {
         heavy + light
     );
     // The nanoseconds type carries the same samples times the period.
-    let nanos = node.folded(&format!(
-        "process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta{{executable=\"burner\"}}"
-    ));
+    let nanos = node.folded("process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta{executable=\"burner\"}");
     let nanos_total: i64 = nanos.iter().map(|(_, value)| value).sum();
     assert_eq!(nanos_total, total * (1_000_000_000 / 99));
     // Labels: node, comm, executable; no pid by default.
