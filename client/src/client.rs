@@ -9,6 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use kiln_proto::kiln::v1 as proto;
+use kiln_proto::kiln::v1::cluster_service_client::ClusterServiceClient;
 use kiln_proto::kiln::v1::ingest_service_client::IngestServiceClient;
 use kiln_proto::kiln::v1::query_service_client::QueryServiceClient;
 use rand::Rng;
@@ -177,6 +178,7 @@ pub struct KilnClient {
     address: String,
     ingest: IngestServiceClient<Channel>,
     query: QueryServiceClient<Channel>,
+    cluster: ClusterServiceClient<Channel>,
     options: ConnectOptions,
 }
 
@@ -229,6 +231,9 @@ impl KilnClient {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Zstd);
+        let cluster = ClusterServiceClient::new(channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let query = QueryServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -238,6 +243,7 @@ impl KilnClient {
             address,
             ingest,
             query,
+            cluster,
             options,
         }
     }
@@ -270,6 +276,43 @@ impl KilnClient {
             |request| {
                 let mut client = client.clone();
                 async move { client.write(request).await }
+            },
+        )
+        .await
+    }
+
+    /// The cluster's nodes, groups, replicas, leaders and log positions, as probed by this node.
+    pub async fn cluster_status(&self) -> Result<proto::ClusterStatus, ClientError> {
+        let client = self.cluster.clone();
+        self.query_call("cluster status", proto::ClusterStatusRequest {}, move |request| {
+            let mut client = client.clone();
+            async move { client.status(request).await }
+        })
+        .await
+    }
+
+    /// The routing table: slot -> group and group -> leader address.
+    pub async fn routing_table(&self) -> Result<proto::RoutingTable, ClientError> {
+        let client = self.cluster.clone();
+        self.query_call("routing table", proto::RoutingRequest {}, move |request| {
+            let mut client = client.clone();
+            async move { client.routing(request).await }
+        })
+        .await
+    }
+
+    /// Asks the cluster to move every replica off `node_id` and then remove it.
+    pub async fn remove_node(&self, node_id: u64) -> Result<proto::RemoveNodeResponse, ClientError> {
+        let client = self.cluster.clone();
+        call_with_retry(
+            "remove node",
+            &self.address,
+            &self.options.write_retry,
+            self.options.write_timeout,
+            proto::RemoveNodeRequest { node_id },
+            move |request| {
+                let mut client = client.clone();
+                async move { client.remove_node(request).await }
             },
         )
         .await

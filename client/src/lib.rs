@@ -1,6 +1,7 @@
 //! The Kiln client library: everything the `kiln` command-line tool does, usable from Rust.
 //!
 //! - [`client`]: [`KilnClient`], a gRPC client for one Kiln node with retried, idempotent writes;
+//! - [`routing`]: [`RoutingClient`], writes split by shard group and sent to each group's leader;
 //! - [`input`]: reading profile files (pprof, folded stacks, speedscope JSON) into pprof bytes;
 //! - [`ingest`]: grouping converted files into write batches, each with its own idempotency key;
 //! - [`time`]: parsing `now`, `-15m`, RFC 3339 and unix-millisecond times into a query range
@@ -14,6 +15,7 @@ pub mod error;
 pub mod ingest;
 pub mod input;
 pub mod render;
+pub mod routing;
 
 #[cfg(test)]
 mod fake_node;
@@ -23,3 +25,4 @@ pub use error::ClientError;
 pub use input::{InputError, InputFormat, LoadedProfile};
 pub use kiln_model::time;
 pub use kiln_model::time::{TimeError, TimeRange};
+pub use routing::RoutingClient;

@@ -16,6 +16,7 @@ use kiln_client::ingest::{parse_label_argument, BatchLimits, Batcher, IngestSumm
 use kiln_client::input::{expand_input_paths, load_profile_file};
 use kiln_client::render;
 use kiln_client::time::{now_unix_ms, parse_duration_ms, parse_time, parse_time_range, TimeRange};
+use kiln_client::RoutingClient;
 use kiln_model::json;
 use kiln_proto::kiln::v1 as proto;
 use serde::Serialize;
@@ -54,6 +55,36 @@ enum Command {
     Series(SeriesArgs),
     /// List the profile types that have data in the time range.
     Types(TypesArgs),
+    /// Cluster operations: status, remove-node.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Nodes (region, zone, state), groups with replicas, leader, commit and apply index, lag.
+    Status(ClusterStatusArgs),
+    /// Move every replica off a node, then remove it from the cluster.
+    RemoveNode(RemoveNodeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ClusterStatusArgs {
+    /// Output form.
+    #[arg(long, value_enum, default_value_t = TableOutput::Table)]
+    output: TableOutput,
+}
+
+#[derive(Debug, Args)]
+struct RemoveNodeArgs {
+    /// The node's id (see `kiln cluster status`).
+    node_id: u64,
+    /// Wait until the node holds no replica and is removed.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -315,7 +346,12 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     let client = KilnClient::connect_lazy(&cli.server, ConnectOptions::default())?;
     match cli.command {
-        Command::Ingest(args) => run_ingest(&client, args).await,
+        Command::Ingest(args) => {
+            let routing = RoutingClient::new(&cli.server, ConnectOptions::default())?;
+            run_ingest(&routing, args).await
+        }
+        Command::Cluster(ClusterCommand::Status(args)) => run_cluster_status(&client, args).await,
+        Command::Cluster(ClusterCommand::RemoveNode(args)) => run_remove_node(&client, args).await,
         Command::Query(args) => run_query(&client, args).await,
         Command::Range(args) => run_range(&client, args).await,
         Command::Diff(args) => run_diff(&client, args).await,
@@ -381,8 +417,47 @@ fn progress_bar(file_count: usize) -> ProgressBar {
     progress
 }
 
+async fn run_cluster_status(client: &KilnClient, args: ClusterStatusArgs) -> Result<()> {
+    let status = client.cluster_status().await?;
+    let bytes = match args.output {
+        TableOutput::Json => json_bytes(&kiln_model::json::ClusterStatusResult::from(&status))?,
+        TableOutput::Table => render::render_cluster_status(&status).into_bytes(),
+    };
+    write_output(&bytes, None)
+}
+
+async fn run_remove_node(client: &KilnClient, args: RemoveNodeArgs) -> Result<()> {
+    let answer = client.remove_node(args.node_id).await?;
+    eprintln!("node {} is {}", args.node_id, answer.state);
+    if !args.wait || answer.state == "removed" {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + args.timeout;
+    loop {
+        let status = client.cluster_status().await?;
+        let state = status
+            .nodes
+            .iter()
+            .find(|node| node.id == args.node_id)
+            .map(|node| node.state.clone())
+            .unwrap_or_default();
+        if state == "removed" {
+            eprintln!("node {} is removed", args.node_id);
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "node {} is still {state} after {}",
+                args.node_id,
+                humantime::format_duration(args.timeout)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 async fn send_batch(
-    client: &KilnClient,
+    client: &RoutingClient,
     batch: proto::WriteRequest,
     summary: &mut IngestSummary,
     progress: &ProgressBar,
@@ -404,7 +479,7 @@ async fn send_batch(
     }
 }
 
-async fn run_ingest(client: &KilnClient, args: IngestArgs) -> Result<()> {
+async fn run_ingest(client: &RoutingClient, args: IngestArgs) -> Result<()> {
     let labels = args
         .labels
         .iter()

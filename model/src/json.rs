@@ -1049,3 +1049,121 @@ mod tests {
         assert!(!parsed.duplicate);
     }
 }
+
+/// One node in a cluster status answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNode {
+    /// Node id.
+    pub id: u64,
+    /// gRPC address.
+    pub address: String,
+    /// Region label.
+    pub region: String,
+    /// Zone label.
+    pub zone: String,
+    /// up, leaving or removed.
+    pub state: String,
+    /// Answered the probe of the node that built this status.
+    pub reachable: bool,
+    /// Milliseconds since it last answered (0 when reachable).
+    pub last_seen_ms_ago: u64,
+}
+
+/// One replica in a cluster status answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterReplica {
+    /// Node holding it.
+    pub node_id: u64,
+    /// leader, follower, learner, candidate.
+    pub role: String,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// Entries behind the leader's log.
+    pub lag: u64,
+}
+
+/// One group in a cluster status answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterGroup {
+    /// Group id (0 is the metadata group).
+    pub group: u32,
+    /// Whether it is the metadata group.
+    pub is_metadata: bool,
+    /// Leader node id (0: none known).
+    pub leader: u64,
+    /// Leader's term.
+    pub term: u64,
+    /// Leader's applied (committed and applied) index.
+    pub commit_index: u64,
+    /// Voters recorded in the cluster map.
+    pub voters: Vec<u64>,
+    /// Replicas that answered.
+    pub replicas: Vec<ClusterReplica>,
+}
+
+/// The answer to a cluster status request.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatusResult {
+    /// Leader of the metadata group (0: none known).
+    pub metadata_leader: u64,
+    /// Version of the cluster map.
+    pub map_version: u64,
+    /// Replicas per data group the cluster aims for.
+    pub replication_factor: u32,
+    /// Nodes.
+    pub nodes: Vec<ClusterNode>,
+    /// Groups.
+    pub groups: Vec<ClusterGroup>,
+}
+
+impl From<&proto::ClusterStatus> for ClusterStatusResult {
+    fn from(status: &proto::ClusterStatus) -> Self {
+        ClusterStatusResult {
+            metadata_leader: status.metadata_leader,
+            map_version: status.map_version,
+            replication_factor: status.replication_factor,
+            nodes: status
+                .nodes
+                .iter()
+                .map(|node| ClusterNode {
+                    id: node.id,
+                    address: node.address.clone(),
+                    region: node.region.clone(),
+                    zone: node.zone.clone(),
+                    state: node.state.clone(),
+                    reachable: node.reachable,
+                    last_seen_ms_ago: node.last_seen_ms_ago,
+                })
+                .collect(),
+            groups: status
+                .groups
+                .iter()
+                .map(|group| ClusterGroup {
+                    group: group.group,
+                    is_metadata: group.is_metadata,
+                    leader: group.leader,
+                    term: group.term,
+                    commit_index: group.commit_index,
+                    voters: group.voters.clone(),
+                    replicas: group
+                        .replicas
+                        .iter()
+                        .map(|replica| ClusterReplica {
+                            node_id: replica.node_id,
+                            role: replica.role.clone(),
+                            last_log_index: replica.last_log_index,
+                            applied_index: replica.applied_index,
+                            lag: replica.lag,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}

@@ -199,6 +199,8 @@ impl LocalGroup {
             .await
             .map_err(|error| NodeError::Internal(format!("prepare failed: {error}")))??;
         let outcome = self.writer.write(prepared).await?;
+        self.metrics
+            .count_write(outcome.duplicate, outcome.profiles, outcome.samples);
         Ok(kiln_proto::kiln::v1::WriteResponse {
             duplicate: outcome.duplicate,
             profiles: outcome.profiles,

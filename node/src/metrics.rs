@@ -226,6 +226,16 @@ impl Metrics {
         text
     }
 
+    /// Counts an acknowledged write request once, where it was received.
+    pub fn count_write(&self, duplicate: bool, profiles: u64, samples: u64) {
+        if duplicate {
+            self.duplicate_writes.inc();
+        } else {
+            self.ingested_profiles.inc_by(profiles);
+            self.ingested_samples.inc_by(samples);
+        }
+    }
+
     /// Counts a failed request.
     pub fn count_error(&self, operation: &str, code: tonic::Code) {
         self.request_errors

@@ -587,3 +587,87 @@ pub fn render_list(items: &[String]) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// `kiln cluster status`: a nodes table and a groups table.
+pub fn render_cluster_status(status: &proto::ClusterStatus) -> String {
+    let mut nodes = Table::new();
+    nodes
+        .load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(["NODE", "ADDRESS", "REGION", "ZONE", "STATE", "REACHABLE", "LEADS"]);
+    for node in &status.nodes {
+        let leads = status
+            .groups
+            .iter()
+            .filter(|group| group.leader == node.id)
+            .count();
+        let reachable = if node.reachable {
+            "yes".to_string()
+        } else if node.last_seen_ms_ago > 0 {
+            format!("no (seen {}s ago)", node.last_seen_ms_ago / 1000)
+        } else {
+            "no".to_string()
+        };
+        nodes.add_row([
+            node.id.to_string(),
+            node.address.clone(),
+            node.region.clone(),
+            node.zone.clone(),
+            node.state.clone(),
+            reachable,
+            leads.to_string(),
+        ]);
+    }
+    let mut groups = Table::new();
+    groups
+        .load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header([
+            "GROUP",
+            "LEADER",
+            "TERM",
+            "COMMIT",
+            "VOTERS",
+            "REPLICAS (node:role applied lag)",
+        ]);
+    for group in &status.groups {
+        let name = if group.is_metadata {
+            format!("{} (meta)", group.group)
+        } else {
+            group.group.to_string()
+        };
+        let leader = if group.leader == 0 {
+            "none".to_string()
+        } else {
+            group.leader.to_string()
+        };
+        let voters: Vec<String> = group.voters.iter().map(u64::to_string).collect();
+        let replicas: Vec<String> = group
+            .replicas
+            .iter()
+            .map(|replica| {
+                format!(
+                    "{}:{} {} {}",
+                    replica.node_id, replica.role, replica.applied_index, replica.lag
+                )
+            })
+            .collect();
+        groups.add_row([
+            name,
+            leader,
+            group.term.to_string(),
+            group.commit_index.to_string(),
+            voters.join(","),
+            replicas.join("  "),
+        ]);
+    }
+    let metadata_leader = if status.metadata_leader == 0 {
+        "none".to_string()
+    } else {
+        status.metadata_leader.to_string()
+    };
+    format!(
+        "Metadata leader: {metadata_leader}   map version: {}   replication factor: {}\n\n{nodes}\n\n{groups}\n",
+        status.map_version, status.replication_factor
+    )
+}

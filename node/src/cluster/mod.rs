@@ -615,6 +615,8 @@ impl Cluster {
         });
         let outcomes: Vec<WriteOutcome> = futures::future::try_join_all(proposals).await?;
         let duplicate = !outcomes.is_empty() && outcomes.iter().all(|outcome| outcome.duplicate);
+        let samples: u64 = outcomes.iter().map(|outcome| outcome.samples).sum();
+        self.metrics.count_write(duplicate, pprof_count, samples);
         let mut profile_types: Vec<String> = outcomes
             .iter()
             .flat_map(|outcome| outcome.profile_types.iter().cloned())
@@ -624,7 +626,7 @@ impl Cluster {
         Ok(api::WriteResponse {
             duplicate,
             profiles: if duplicate { 0 } else { pprof_count },
-            samples: outcomes.iter().map(|outcome| outcome.samples).sum(),
+            samples,
             series: outcomes.iter().map(|outcome| outcome.series).sum(),
             profile_types,
         })

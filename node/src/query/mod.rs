@@ -3,7 +3,13 @@
 //!
 //! Every method is blocking (RocksDB reads); async callers run them on the blocking
 //! pool. Answers are the `kiln.v1` response messages, shared by gRPC and HTTP.
+//!
+//! A [`QueryEngine`] reads one shard group. Its `*_partial` methods return the group's
+//! mergeable part of an answer; [`partial`] finishes any number of parts into the
+//! response. The single-group methods (`merge`, `range`, ...) are that same path with
+//! one part and complete coverage.
 
+pub mod partial;
 pub mod pprof_export;
 pub mod select;
 pub mod symbolize;
@@ -13,13 +19,13 @@ use std::sync::Arc;
 
 use kiln_model::labels::LabelSet;
 use kiln_model::profile_type::ProfileType;
-use kiln_model::selector::{parse_selector, Selector};
 use kiln_model::time::now_unix_ms;
 use kiln_model::tree::{StackTree, TopEntry, TruncationReport};
 use kiln_proto::kiln::v1 as api;
 use roaring::RoaringBitmap;
 
-use self::symbolize::ResolvedSymbols;
+use self::partial::{MergePartial, RangePartial, SeriesPartial};
+use self::symbolize::SymbolRecords;
 use crate::error::NodeError;
 use crate::metrics::{Metrics, QueryLabels};
 use crate::storage::blocks::{decode_block_header, visit_block};
@@ -197,11 +203,11 @@ fn limit_rows(mut rows: Vec<TopEntry>, limit: u32) -> (Vec<TopEntry>, u64) {
     (rows, removed)
 }
 
-fn complete_coverage() -> Option<api::Coverage> {
-    Some(api::Coverage {
+fn complete_coverage() -> api::Coverage {
+    api::Coverage {
         groups_total: 1,
         missing: Vec::new(),
-    })
+    }
 }
 
 fn check_fraction(fraction: f64) -> Result<f64, NodeError> {
@@ -262,10 +268,6 @@ impl QueryEngine {
             self.metrics.count_error(kind, error.grpc_code());
         }
         result
-    }
-
-    fn parse(&self, text: &str) -> Result<Selector, NodeError> {
-        Ok(parse_selector(text)?)
     }
 
     /// Visits every sample block of `ordinals` in `range`, in (partition, series,
@@ -363,236 +365,201 @@ impl QueryEngine {
         })
     }
 
-    fn merged_tree(
-        &self,
-        selection: &api::Selection,
-    ) -> Result<(ProfileType, MergedStacks, ResolvedSymbols, StackTree, TimeRange), NodeError> {
-        let range = TimeRange::from_selection(selection)?;
-        let selector = self.parse(&selection.selector)?;
-        let profile_type = selector.require_profile_type().map_err(NodeError::from)?.clone();
-        let ordinals = select::select_series(&self.storage, self.group, &selector, i64::MIN)?;
-        let merged = self.merge_stacks(&profile_type, &ordinals, range)?;
+    /// This group's merge of `selection`: its stacks by location ids with their
+    /// summed values and every symbol record they need (see [`MergePartial`]). An
+    /// end of 0 means this node's now; a coordinator pins it first
+    /// ([`partial::validate_merge`]).
+    pub fn merge_partial(&self, selection: &api::Selection) -> Result<MergePartial, NodeError> {
+        self.observe("merge_partial", || self.merge_partial_unobserved(selection))
+    }
+
+    fn merge_partial_unobserved(&self, selection: &api::Selection) -> Result<MergePartial, NodeError> {
+        let checked = partial::check_selection(selection)?;
+        let ordinals = select::select_series(&self.storage, self.group, &checked.selector, i64::MIN)?;
+        let merged = self.merge_stacks(&checked.profile_type, &ordinals, checked.range)?;
         let stack_ids: Vec<u64> = merged.values.iter().map(|(stack, _)| *stack).collect();
-        let symbols = ResolvedSymbols::load(&self.storage, self.group, &stack_ids)?;
-        let tree = symbols.build_tree(&merged.values);
-        Ok((profile_type, merged, symbols, tree, range))
+        let location_lists = self.storage.stacks(self.group, &stack_ids)?;
+        let location_ids: Vec<u64> = location_lists
+            .iter()
+            .flat_map(|locations| locations.iter().copied())
+            .collect();
+        let records = SymbolRecords::load(&self.storage, self.group, location_ids)?;
+        let stacks: Vec<(Vec<u64>, i64)> = location_lists
+            .iter()
+            .zip(&merged.values)
+            .map(|(locations, (_, value))| (locations.to_vec(), *value))
+            .collect();
+        Ok(MergePartial::new(
+            checked.profile_type,
+            stacks,
+            records,
+            merged.profiles,
+            merged.series,
+        ))
     }
 
     /// Merge: a flame graph tree, top table, pprof, folded text or SVG.
     pub fn merge(&self, request: &api::MergeRequest) -> Result<api::MergeResponse, NodeError> {
         self.observe("merge", || {
-            let selection = request
-                .selection
-                .as_ref()
-                .ok_or_else(|| NodeError::InvalidArgument("selection is required".into()))?;
-            let min_fraction = check_fraction(request.min_node_fraction)?;
-            let format = api::MergeFormat::try_from(request.format).map_err(|_| {
-                NodeError::InvalidArgument(format!("unknown merge format {}", request.format))
-            })?;
-            let (profile_type, merged, symbols, tree, range) = self.merged_tree(selection)?;
-            let mut truncation = None;
-            let result = match format {
-                api::MergeFormat::Unspecified | api::MergeFormat::Tree => {
-                    let (truncated, report) = tree.truncated(min_fraction);
-                    truncation = truncation_to_api(report, 0);
-                    api::merge_response::Result::Tree(tree_to_api(&truncated))
-                }
-                api::MergeFormat::Top => {
-                    let (rows, rows_removed) = limit_rows(tree.top(), request.top_limit);
-                    truncation = truncation_to_api(TruncationReport::default(), rows_removed);
-                    api::merge_response::Result::Top(top_to_api(&tree, &rows))
-                }
-                api::MergeFormat::Folded => {
-                    let (truncated, report) = tree.truncated(min_fraction);
-                    truncation = truncation_to_api(report, 0);
-                    api::merge_response::Result::Folded(truncated.folded())
-                }
-                api::MergeFormat::Svg => {
-                    let (truncated, report) = tree.truncated(min_fraction);
-                    truncation = truncation_to_api(report, 0);
-                    let svg = render_svg(&truncated.folded(), &profile_type.id(), &profile_type.sample_unit)?;
-                    api::merge_response::Result::Svg(svg)
-                }
-                api::MergeFormat::Pprof => api::merge_response::Result::Pprof(pprof_export::export_pprof(
-                    &profile_type,
-                    &symbols,
-                    &merged.values,
-                    range.start_unix_ms,
-                    range.end_unix_ms,
-                )?),
-            };
-            Ok(api::MergeResponse {
-                profile_type: Some(profile_type_info(&profile_type)),
-                total: tree.total(),
-                profiles: merged.profiles,
-                series: merged.series,
-                result: Some(result),
-                truncation,
-                coverage: complete_coverage(),
-            })
+            let request = partial::validate_merge(request)?;
+            let mut parts = Vec::with_capacity(1);
+            if let Some(selection) = &request.selection {
+                parts.push(self.merge_partial_unobserved(selection)?);
+            }
+            partial::finish_merge(&request, parts, complete_coverage())
         })
     }
 
     /// Diff: B's values against A's (the baseline) in one tree and one top table.
     pub fn diff(&self, request: &api::DiffRequest) -> Result<api::DiffResponse, NodeError> {
         self.observe("diff", || {
+            let request = partial::validate_diff(request)?;
             let (Some(selection_a), Some(selection_b)) = (&request.a, &request.b) else {
                 return Err(NodeError::InvalidArgument(
                     "a diff needs selections a and b".into(),
                 ));
             };
-            let min_fraction = check_fraction(request.min_node_fraction)?;
-            let (type_a, _, _, tree_a, _) = self.merged_tree(selection_a)?;
-            let (type_b, _, _, mut tree, _) = self.merged_tree(selection_b)?;
-            if type_a.sample_unit != type_b.sample_unit {
-                return Err(NodeError::InvalidArgument(format!(
-                    "cannot diff {} against {}: the units differ",
-                    type_b.id(),
-                    type_a.id()
-                )));
+            let part_a = self.merge_partial_unobserved(selection_a)?;
+            let part_b = self.merge_partial_unobserved(selection_b)?;
+            partial::finish_diff(&request, vec![part_a], vec![part_b], complete_coverage())
+        })
+    }
+
+    /// This group's range answer: per label key (`sum_by`, or the full labels) and
+    /// bucket, the sum (delta types) or the sum over series of each series' latest
+    /// value in the bucket (other types). Only buckets holding data are returned.
+    pub fn range_partial(&self, request: &api::RangeRequest) -> Result<RangePartial, NodeError> {
+        self.observe("range_partial", || self.range_partial_unobserved(request))
+    }
+
+    fn range_partial_unobserved(&self, request: &api::RangeRequest) -> Result<RangePartial, NodeError> {
+        let selection = request
+            .selection
+            .as_ref()
+            .ok_or_else(|| NodeError::InvalidArgument("selection is required".into()))?;
+        let checked = partial::check_selection(selection)?;
+        let range = checked.range;
+        let step_ms = partial::range_step(request.step_ms, range)?;
+        let profile_type = checked.profile_type;
+        let ordinals = select::select_series(&self.storage, self.group, &checked.selector, i64::MIN)?;
+        // Per series, per bucket: (latest time, value) for snapshots, or the sum.
+        let mut per_series: HashMap<u32, BTreeMap<i64, (i64, i64)>> = HashMap::new();
+        self.scan_blocks(&ordinals, range, |ordinal, time, block| {
+            let (_, total) = decode_block_header(block)?;
+            let bucket = partial::range_bucket(range.start_unix_ms, step_ms, time.div_euclid(1_000_000));
+            let slot = per_series
+                .entry(ordinal)
+                .or_default()
+                .entry(bucket)
+                .or_insert((i64::MIN, 0));
+            if profile_type.delta {
+                slot.1 = slot.1.wrapping_add(total);
+            } else if time >= slot.0 {
+                *slot = (time, total);
             }
-            tree.merge_as_baseline(&tree_a);
-            let (rows, rows_removed) = limit_rows(tree.top(), request.top_limit);
-            let top = top_to_api(&tree, &rows);
-            let (truncated, report) = tree.truncated(min_fraction);
-            Ok(api::DiffResponse {
-                profile_type: Some(profile_type_info(&type_b)),
-                total_a: tree.baseline_total(),
-                total_b: tree.total(),
-                tree: Some(tree_to_api(&truncated)),
-                top: Some(top),
-                truncation: truncation_to_api(report, rows_removed),
-                coverage: complete_coverage(),
-            })
+            Ok(())
+        })?;
+        let mut keys: BTreeMap<partial::LabelPairs, BTreeMap<i64, i64>> = BTreeMap::new();
+        for (ordinal, buckets) in per_series {
+            let Some(record) = self.storage.series_by_ordinal(self.group, ordinal)? else {
+                continue;
+            };
+            let key: partial::LabelPairs = if request.sum_by.is_empty() {
+                record.labels.pairs().to_vec()
+            } else {
+                request
+                    .sum_by
+                    .iter()
+                    .map(|name| (name.clone(), record.labels.get(name).unwrap_or("").to_string()))
+                    .collect()
+            };
+            let points = keys.entry(key).or_default();
+            for (bucket, (_, value)) in buckets {
+                let slot = points.entry(bucket).or_default();
+                *slot = slot.wrapping_add(value);
+            }
+        }
+        Ok(RangePartial {
+            profile_type,
+            step_ms,
+            series: keys
+                .into_iter()
+                .map(|(key, points)| (key, points.into_iter().collect()))
+                .collect(),
         })
     }
 
     /// Range: value per step per series, or summed by labels.
     pub fn range(&self, request: &api::RangeRequest) -> Result<api::RangeResponse, NodeError> {
         self.observe("range", || {
-            let selection = request
-                .selection
-                .as_ref()
-                .ok_or_else(|| NodeError::InvalidArgument("selection is required".into()))?;
-            let range = TimeRange::from_selection(selection)?;
-            if request.step_ms < 0 {
-                return Err(NodeError::InvalidArgument("step_ms must not be negative".into()));
-            }
-            let span = range.end_unix_ms - range.start_unix_ms;
-            let step_ms = if request.step_ms == 0 {
-                (span / 100).max(1000)
-            } else {
-                request.step_ms
-            };
-            // Only buckets holding data are returned, so the answer is bounded by the
-            // data read, whatever the step.
-            let selector = self.parse(&selection.selector)?;
-            let profile_type = selector.require_profile_type().map_err(NodeError::from)?.clone();
-            let ordinals = select::select_series(&self.storage, self.group, &selector, i64::MIN)?;
-            // Per series, per bucket: (latest time, value) for snapshots, or the sum.
-            let mut per_series: HashMap<u32, BTreeMap<i64, (i64, i64)>> = HashMap::new();
-            self.scan_blocks(&ordinals, range, |ordinal, time, block| {
-                let (_, total) = decode_block_header(block)?;
-                let time_ms = time.div_euclid(1_000_000);
-                let bucket =
-                    range.start_unix_ms + (time_ms - range.start_unix_ms).div_euclid(step_ms) * step_ms;
-                let slot = per_series
-                    .entry(ordinal)
-                    .or_default()
-                    .entry(bucket)
-                    .or_insert((i64::MIN, 0));
-                if profile_type.delta {
-                    slot.1 = slot.1.wrapping_add(total);
-                } else if time >= slot.0 {
-                    *slot = (time, total);
-                }
-                Ok(())
-            })?;
-            let mut groups: BTreeMap<Vec<(String, String)>, BTreeMap<i64, i64>> = BTreeMap::new();
-            for (ordinal, buckets) in per_series {
-                let Some(record) = self.storage.series_by_ordinal(self.group, ordinal)? else {
-                    continue;
-                };
-                let key: Vec<(String, String)> = if request.sum_by.is_empty() {
-                    record.labels.pairs().to_vec()
-                } else {
-                    request
-                        .sum_by
-                        .iter()
-                        .map(|name| (name.clone(), record.labels.get(name).unwrap_or("").to_string()))
-                        .collect()
-                };
-                let group = groups.entry(key).or_default();
-                for (bucket, (_, value)) in buckets {
-                    *group.entry(bucket).or_default() += value;
-                }
-            }
-            let series = groups
-                .into_iter()
-                .map(|(labels, points)| api::RangeSeries {
-                    labels: labels
-                        .into_iter()
-                        .map(|(name, value)| api::Label { name, value })
-                        .collect(),
-                    points: points
-                        .into_iter()
-                        .map(|(timestamp_ms, value)| api::Point { timestamp_ms, value })
-                        .collect(),
-                })
-                .collect();
-            Ok(api::RangeResponse {
-                profile_type: Some(profile_type_info(&profile_type)),
-                step_ms,
-                series,
-                coverage: complete_coverage(),
-            })
+            let request = partial::validate_range(request)?;
+            let part = self.range_partial_unobserved(&request)?;
+            partial::finish_range(&request, vec![part], complete_coverage())
         })
     }
 
     /// Series of an optional selection (empty selector: every series), alive at or
     /// after the selection's start when it has one.
     fn optional_selection(&self, selection: Option<&api::Selection>) -> Result<RoaringBitmap, NodeError> {
-        let Some(selection) = selection else {
-            return select::all_series(&self.storage, self.group);
-        };
-        if selection.end_unix_ms != 0 {
-            TimeRange::from_selection(selection)?;
+        match partial::check_optional_selection(selection)? {
+            None => select::all_series(&self.storage, self.group),
+            Some(checked) => select::select_series(
+                &self.storage,
+                self.group,
+                &checked.selector,
+                checked.not_before_unix_ms,
+            ),
         }
-        let selector = if selection.selector.trim().is_empty() {
-            Selector {
-                profile_type: None,
-                matchers: Vec::new(),
-            }
-        } else {
-            self.parse(&selection.selector)?
-        };
-        let not_before = if selection.start_unix_ms > 0 {
-            selection.start_unix_ms
-        } else {
-            i64::MIN
-        };
-        select::select_series(&self.storage, self.group, &selector, not_before)
+    }
+
+    /// This group's label names among the selected series (reserved names left out),
+    /// sorted, without duplicates.
+    pub fn labels_partial(&self, request: &api::LabelsRequest) -> Result<Vec<String>, NodeError> {
+        self.observe("labels_partial", || self.labels_partial_unobserved(request))
+    }
+
+    fn labels_partial_unobserved(&self, request: &api::LabelsRequest) -> Result<Vec<String>, NodeError> {
+        let selected = self.optional_selection(request.selection.as_ref())?;
+        // One pass over every posting of the group, in name order.
+        let mut names: Vec<String> = Vec::new();
+        self.storage
+            .scan_postings(&keys::posting_group_prefix(self.group), |name, _, bitmap| {
+                let reserved = name.starts_with("__");
+                let known = names.last().is_some_and(|last| last == name);
+                if !reserved && !known && !bitmap.is_disjoint(&selected) {
+                    names.push(name.to_string());
+                }
+            })?;
+        Ok(names)
     }
 
     /// Label names of the selected series (reserved names left out).
     pub fn labels(&self, request: &api::LabelsRequest) -> Result<api::LabelsResponse, NodeError> {
         self.observe("labels", || {
-            let selected = self.optional_selection(request.selection.as_ref())?;
-            // One pass over every posting of the group, in name order.
-            let mut names: Vec<String> = Vec::new();
-            self.storage
-                .scan_postings(&keys::posting_group_prefix(self.group), |name, _, bitmap| {
-                    let reserved = name.starts_with("__");
-                    let known = names.last().is_some_and(|last| last == name);
-                    if !reserved && !known && !bitmap.is_disjoint(&selected) {
-                        names.push(name.to_string());
-                    }
-                })?;
-            Ok(api::LabelsResponse {
-                names,
-                coverage: complete_coverage(),
-            })
+            partial::validate_labels(request)?;
+            let part = self.labels_partial_unobserved(request)?;
+            Ok(partial::finish_labels(vec![part], complete_coverage()))
         })
+    }
+
+    /// This group's values of one label among the selected series, sorted.
+    pub fn label_values_partial(&self, request: &api::LabelValuesRequest) -> Result<Vec<String>, NodeError> {
+        self.observe("values_partial", || self.label_values_partial_unobserved(request))
+    }
+
+    fn label_values_partial_unobserved(
+        &self,
+        request: &api::LabelValuesRequest,
+    ) -> Result<Vec<String>, NodeError> {
+        partial::validate_label_values(request)?;
+        let selected = self.optional_selection(request.selection.as_ref())?;
+        Ok(self
+            .storage
+            .posting_values(self.group, &request.name)?
+            .into_iter()
+            .filter(|(_, bitmap)| !bitmap.is_disjoint(&selected))
+            .map(|(value, _)| value)
+            .collect())
     }
 
     /// Values of one label among the selected series.
@@ -601,61 +568,69 @@ impl QueryEngine {
         request: &api::LabelValuesRequest,
     ) -> Result<api::LabelValuesResponse, NodeError> {
         self.observe("values", || {
-            if !kiln_model::labels::is_valid_label_name(&request.name) {
-                return Err(NodeError::InvalidArgument(format!(
-                    "invalid label name {:?}",
-                    request.name
-                )));
-            }
-            let selected = self.optional_selection(request.selection.as_ref())?;
-            let values = self
-                .storage
-                .posting_values(self.group, &request.name)?
-                .into_iter()
-                .filter(|(_, bitmap)| !bitmap.is_disjoint(&selected))
-                .map(|(value, _)| value)
-                .collect();
-            Ok(api::LabelValuesResponse {
-                values,
-                coverage: complete_coverage(),
-            })
+            let part = self.label_values_partial_unobserved(request)?;
+            Ok(partial::finish_label_values(vec![part], complete_coverage()))
         })
+    }
+
+    /// This group's selected series with their profile types and labels.
+    pub fn series_partial(&self, request: &api::SeriesRequest) -> Result<SeriesPartial, NodeError> {
+        self.observe("series_partial", || self.series_partial_unobserved(request))
+    }
+
+    fn series_partial_unobserved(&self, request: &api::SeriesRequest) -> Result<SeriesPartial, NodeError> {
+        let selected = self.optional_selection(request.selection.as_ref())?;
+        let mut series = Vec::with_capacity(selected.len() as usize);
+        for ordinal in &selected {
+            let Some(record) = self.storage.series_by_ordinal(self.group, ordinal)? else {
+                continue;
+            };
+            series.push((record.profile_type, record.labels.pairs().to_vec()));
+        }
+        Ok(SeriesPartial { series })
     }
 
     /// The selected series with their profile types and labels.
     pub fn series(&self, request: &api::SeriesRequest) -> Result<api::SeriesResponse, NodeError> {
         self.observe("series", || {
-            let selected = self.optional_selection(request.selection.as_ref())?;
-            let mut series = Vec::with_capacity(selected.len() as usize);
-            for ordinal in &selected {
-                let Some(record) = self.storage.series_by_ordinal(self.group, ordinal)? else {
-                    continue;
-                };
-                series.push(api::SeriesInfo {
-                    series_hash: kiln_model::labels::series_hash(&record.profile_type, &record.labels),
-                    profile_type: Some(profile_type_info(&record.profile_type)),
-                    labels: labels_to_api(&record.labels),
-                });
-            }
-            series.sort_by(|left, right| {
-                let key = |info: &api::SeriesInfo| {
-                    (
-                        info.profile_type
-                            .as_ref()
-                            .map(|profile_type| profile_type.id.clone()),
-                        info.labels
-                            .iter()
-                            .map(|label| (label.name.clone(), label.value.clone()))
-                            .collect::<Vec<_>>(),
-                    )
-                };
-                key(left).cmp(&key(right))
-            });
-            Ok(api::SeriesResponse {
-                series,
-                coverage: complete_coverage(),
-            })
+            let part = self.series_partial_unobserved(request)?;
+            partial::finish_series(vec![part], complete_coverage())
         })
+    }
+
+    /// This group's profile types with at least one series (alive since `start`
+    /// when given), sorted by id.
+    pub fn profile_types_partial(
+        &self,
+        request: &api::ProfileTypesRequest,
+    ) -> Result<Vec<ProfileType>, NodeError> {
+        self.observe("types_partial", || self.profile_types_partial_unobserved(request))
+    }
+
+    fn profile_types_partial_unobserved(
+        &self,
+        request: &api::ProfileTypesRequest,
+    ) -> Result<Vec<ProfileType>, NodeError> {
+        let mut types = Vec::new();
+        let alive = match request.start_unix_ms {
+            start if start > 0 => Some(select::alive_since(
+                &self.storage,
+                self.group,
+                &select::all_series(&self.storage, self.group)?,
+                start,
+            )?),
+            _ => None,
+        };
+        for (id, bitmap) in self
+            .storage
+            .posting_values(self.group, keys::PROFILE_TYPE_POSTING)?
+        {
+            if alive.as_ref().is_some_and(|alive| bitmap.is_disjoint(alive)) {
+                continue;
+            }
+            types.push(ProfileType::parse(&id).map_err(|error| NodeError::Corrupt(error.to_string()))?);
+        }
+        Ok(types)
     }
 
     /// Profile types with at least one series (alive since `start` when given).
@@ -664,31 +639,8 @@ impl QueryEngine {
         request: &api::ProfileTypesRequest,
     ) -> Result<api::ProfileTypesResponse, NodeError> {
         self.observe("types", || {
-            let mut types = Vec::new();
-            let alive = match request.start_unix_ms {
-                start if start > 0 => Some(select::alive_since(
-                    &self.storage,
-                    self.group,
-                    &select::all_series(&self.storage, self.group)?,
-                    start,
-                )?),
-                _ => None,
-            };
-            for (id, bitmap) in self
-                .storage
-                .posting_values(self.group, keys::PROFILE_TYPE_POSTING)?
-            {
-                if alive.as_ref().is_some_and(|alive| bitmap.is_disjoint(alive)) {
-                    continue;
-                }
-                let profile_type =
-                    ProfileType::parse(&id).map_err(|error| NodeError::Corrupt(error.to_string()))?;
-                types.push(profile_type_info(&profile_type));
-            }
-            Ok(api::ProfileTypesResponse {
-                types,
-                coverage: complete_coverage(),
-            })
+            let part = self.profile_types_partial_unobserved(request)?;
+            Ok(partial::finish_profile_types(vec![part], complete_coverage()))
         })
     }
 }

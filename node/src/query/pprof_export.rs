@@ -35,11 +35,12 @@ impl StringTable {
     }
 }
 
-/// Builds the gzipped pprof of `(stack id, value)` pairs.
+/// Builds the gzipped pprof of `(location ids leaf first, value)` pairs, one sample
+/// per pair in the given order. A location missing from `symbols` is an error.
 pub fn export_pprof(
     profile_type: &ProfileType,
     symbols: &ResolvedSymbols,
-    values: &[(u64, i64)],
+    stacks: &[(Vec<u64>, i64)],
     start_unix_ms: i64,
     end_unix_ms: i64,
 ) -> Result<Vec<u8>, NodeError> {
@@ -62,10 +63,7 @@ pub fn export_pprof(
     let mut mapping_ids: HashMap<u64, u64> = HashMap::new();
     let mut function_ids: HashMap<u64, u64> = HashMap::new();
     let mut location_ids: HashMap<u64, u64> = HashMap::new();
-    for (stack_id, value) in values {
-        let Some(stack) = symbols.stacks.get(stack_id) else {
-            return Err(NodeError::Internal(format!("stack {stack_id} was not resolved")));
-        };
+    for (stack, value) in stacks {
         let mut sample_locations = Vec::with_capacity(stack.len());
         for location_key in stack.iter() {
             if let Some(id) = location_ids.get(location_key) {

@@ -42,6 +42,7 @@ pub fn router(state: Arc<NodeState>, max_body_bytes: usize) -> Router {
         .route("/api/v1/series", get(series))
         .route("/api/v1/profile-types", get(profile_types))
         .route("/api/v1/status", get(super::status::status))
+        .route("/api/v1/cluster/status", get(cluster_status))
         .merge(super::ui::router())
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
@@ -171,6 +172,13 @@ async fn ingest(
     };
     let response = super::grpc::write(&state, request).await?;
     Ok(Json(json::WriteResult::from(&response)))
+}
+
+/// `GET /api/v1/cluster/status`: nodes, groups, replicas and leaders, as probed
+/// from this node now.
+async fn cluster_status(State(state): State<Arc<NodeState>>) -> Json<json::ClusterStatusResult> {
+    let status = state.cluster.status().await;
+    Json(json::ClusterStatusResult::from(&status))
 }
 
 async fn merge(

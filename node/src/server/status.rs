@@ -160,7 +160,12 @@ impl StatusTracker {
                 last_seen_ms: entry.last_seen_ms,
                 writes: entry.writes,
                 profiles: entry.profiles,
-                profile_names: entry.profile_names.iter().filter(|name| !name.is_empty()).cloned().collect(),
+                profile_names: entry
+                    .profile_names
+                    .iter()
+                    .filter(|name| !name.is_empty())
+                    .cloned()
+                    .collect(),
             })
             .collect();
         writers.sort_by(|a, b| {
@@ -262,17 +267,28 @@ mod tests {
             (&[("env", "dev")], ""),
         ]);
         tracker.record(RequestWriters::of(&write), 1_000);
-        tracker.record(RequestWriters::of(&request(&[(&[("node", "host-1")], "")])), 2_000);
+        tracker.record(
+            RequestWriters::of(&request(&[(&[("node", "host-1")], "")])),
+            2_000,
+        );
         let writers = tracker.recent_writers(2_500);
         assert_eq!(writers.len(), 3);
-        assert_eq!((writers[0].label.as_str(), writers[0].value.as_str()), ("node", "host-1"));
+        assert_eq!(
+            (writers[0].label.as_str(), writers[0].value.as_str()),
+            ("node", "host-1")
+        );
         assert_eq!(writers[0].writes, 2);
         assert_eq!(writers[0].profiles, 3);
         assert_eq!(writers[0].first_seen_ms, 1_000);
         assert_eq!(writers[0].last_seen_ms, 2_000);
-        assert_eq!(writers[0].profile_names, vec!["memory".to_string(), "process_cpu".to_string()]);
+        assert_eq!(
+            writers[0].profile_names,
+            vec!["memory".to_string(), "process_cpu".to_string()]
+        );
         assert!(writers.iter().any(|writer| writer.label == "instance"));
-        assert!(writers.iter().any(|writer| writer.label.is_empty() && writer.value == "(unlabelled)"));
+        assert!(writers
+            .iter()
+            .any(|writer| writer.label.is_empty() && writer.value == "(unlabelled)"));
         assert!(tracker.recent_writers(2_000 + WRITER_WINDOW_MS + 1).is_empty());
     }
 

@@ -77,7 +77,11 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
             let mut parts = coding.split(';');
             let name = parts.next().unwrap_or("").trim();
             let refused = parts.any(|parameter| {
-                parameter.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f32>().ok()) == Some(0.0)
+                parameter
+                    .trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    == Some(0.0)
             });
             name.eq_ignore_ascii_case("gzip") && !refused
         })
@@ -105,7 +109,10 @@ pub fn respond(assets: &[Asset], path: &str, headers: &HeaderMap) -> Option<Resp
     response_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
     response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     response_headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    response_headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response_headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     Some(response)
 }
 
@@ -169,7 +176,10 @@ mod tests {
     fn serves_gzip_only_when_accepted() {
         let gz = respond(FAKE, "assets/app-1.js", &headers("br, gzip")).unwrap();
         assert_eq!(gz.headers()[header::CONTENT_ENCODING], "gzip");
-        assert_eq!(gz.headers()[header::CACHE_CONTROL], "public, max-age=31536000, immutable");
+        assert_eq!(
+            gz.headers()[header::CACHE_CONTROL],
+            "public, max-age=31536000, immutable"
+        );
         let plain = respond(FAKE, "assets/app-1.js", &headers("gzip;q=0, identity")).unwrap();
         assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
         assert!(respond(FAKE, "assets/missing.js", &HeaderMap::new()).is_none());
@@ -182,7 +192,10 @@ mod tests {
         assert_eq!(index.headers()[header::CACHE_CONTROL], "no-cache");
         let missing = index_response(&[], &HeaderMap::new());
         assert_eq!(missing.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(missing.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(
+            missing.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
     }
 
     #[test]

@@ -353,15 +353,9 @@ impl WriterState {
         self.metrics.commit_batch_size.observe(write_count as f64);
         match result {
             Ok(()) => {
+                // Ingest counters are kept where a write is acknowledged (once per
+                // request), not here, where every replica applies every part.
                 for (reply, job_outcomes) in replies.into_iter().zip(outcomes) {
-                    for outcome in &job_outcomes {
-                        if outcome.duplicate {
-                            self.metrics.duplicate_writes.inc();
-                        } else {
-                            self.metrics.ingested_profiles.inc_by(outcome.profiles);
-                            self.metrics.ingested_samples.inc_by(outcome.samples);
-                        }
-                    }
                     let _ = reply.send(Ok(job_outcomes));
                 }
             }
