@@ -492,6 +492,37 @@ mod tests {
     }
 
     #[test]
+    fn garbage_frames_after_an_unmapped_address_are_cut() {
+        // Regression: a frame-pointer walk through frameless code went on through garbage, giving
+        // thousands of distinct `[unknown]` frames; the stack now ends at the first unmapped address.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profiler = profiler(dir.path());
+        let pid = std::process::id();
+        let address = garbage_frames_after_an_unmapped_address_are_cut as fn() as usize as u64;
+        let samples = vec![RawSample {
+            pid,
+            user_stack: vec![address, 0x10, address, 0x20],
+            kernel_stack: vec![],
+            user_stack_lost: false,
+            kernel_stack_lost: false,
+            count: 1,
+        }];
+        let mut processes = ProcessCache::new("/proc", Duration::ZERO, Duration::from_secs(60));
+        let mut symbolizer = Symbolizer::new(1024);
+        let output = profiler.build_cycle(samples, &mut processes, &mut symbolizer, &mut HashMap::new());
+        let (_, builder) = output.series.into_iter().next().expect("one series");
+        let profile = builder.finish(0, 1, 1);
+        assert_eq!(
+            profile.sample[0].location_id.len(),
+            2,
+            "leaf, then one unknown frame"
+        );
+        let last = &profile.location[(profile.sample[0].location_id[1] - 1) as usize];
+        let function = &profile.function[(last.line[0].function_id - 1) as usize];
+        assert_eq!(profile.string_table[function.name as usize], "[unknown]");
+    }
+
+    #[test]
     fn own_process_symbolizes_and_requests_are_valid_pprof() {
         let dir = tempfile::tempdir().expect("tempdir");
         let profiler = profiler(dir.path());
