@@ -298,7 +298,6 @@ impl CpuProfiler {
         let mut previous_stats = BpfStats::default();
         let mut cycle_start = SystemTime::now();
         let mut next_drain = Instant::now() + self.drain_interval;
-        let mut cycles: u64 = 0;
         loop {
             let stopping = loop {
                 if shutdown.is_triggered() {
@@ -352,12 +351,9 @@ impl CpuProfiler {
             }
             cycle_start = cycle_end;
             processes.expire();
-            cycles += 1;
-            // Parsed DWARF of rarely seen binaries is the bulk of the memory: release it now and then;
-            // the result caches keep the answers.
-            if cycles.is_multiple_of(30) {
-                symbolizer.release_parsed_files();
-            }
+            // Parsed DWARF and mapped files are the bulk of the memory: release them after every cycle;
+            // the result caches keep the answers, so only new addresses pay for re-parsing.
+            symbolizer.release_parsed_files();
             if stopping {
                 return;
             }

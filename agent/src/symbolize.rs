@@ -61,7 +61,11 @@ pub struct Symbolizer {
     files: HashMap<(String, (String, u64)), Option<FileKey>>,
     stats: SymbolizeStats,
     max_entries: usize,
+    max_dwarf_file_bytes: u64,
 }
+
+/// Files larger than this are symbolized from their ELF symbol table only (see `user_frames`).
+pub const DEFAULT_MAX_DWARF_FILE_BYTES: u64 = 128 * 1024 * 1024;
 
 fn unknown(label: &str) -> Frames {
     Arc::new(vec![Frame {
@@ -97,7 +101,13 @@ impl Symbolizer {
             files: HashMap::new(),
             stats: SymbolizeStats::default(),
             max_entries: max_entries.max(1024),
+            max_dwarf_file_bytes: DEFAULT_MAX_DWARF_FILE_BYTES,
         }
+    }
+
+    /// Files larger than `bytes` are symbolized from ELF symbols only (no DWARF lines or inlined frames).
+    pub fn set_max_dwarf_file_bytes(&mut self, bytes: u64) {
+        self.max_dwarf_file_bytes = bytes;
     }
 
     /// Work counters since creation.
@@ -211,7 +221,12 @@ impl Symbolizer {
         for (key, (open_path, list)) in misses {
             self.stats.cache_misses += list.len() as u64;
             let offsets: Vec<u64> = list.iter().map(|(_, offset)| *offset).collect();
-            let source = Source::Elf(Elf::new(open_path));
+            let mut elf = Elf::new(&open_path);
+            // DWARF of a huge binary (a debug build of a large Rust program) costs hundreds of MB to
+            // parse; such files get ELF symbols only (function names, no lines or inlined frames).
+            elf.debug_syms =
+                std::fs::metadata(&open_path).is_ok_and(|meta| meta.len() <= self.max_dwarf_file_bytes);
+            let source = Source::Elf(elf);
             let results = match self.blaze.symbolize(&source, Input::FileOffset(&offsets)) {
                 Ok(results) => results.iter().map(convert).collect::<Vec<_>>(),
                 Err(error) => {
