@@ -7,10 +7,17 @@ source scripts/common.sh
 # clang/libclang: RocksDB bindings; golang-go: `go tool pprof` as the reference.
 # libbpf-dev, linux-libc-dev: headers of kiln-agent's BPF program (compiled with clang by agent/build.rs).
 install_missing_packages clang libclang-dev golang-go libbpf-dev linux-libc-dev
+# chromium: the web UI's end-to-end test drives Debian's headless chromium (ui/e2e).
+install_missing_packages chromium
 if [ ! -d ../shared/testdata ]; then
     echo "error: ../shared/testdata is missing; the tests read the shared profiles beside the clone" >&2
     exit 1
 fi
+# The web UI first: kiln-node embeds ui/dist; its unit tests (vitest) are quick.
+build_ui
+(cd ui && npm test)
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# The web UI end to end: the debug kiln-node and kiln just built, headless chromium, the shared profiles.
+(cd ui && npm run e2e)

@@ -3,7 +3,8 @@
 const BINARY = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
 
 function trim(value: number, digits: number): string {
-  return value.toFixed(digits).replace(/\.?0+$/, '');
+  const text = value.toFixed(digits);
+  return text.includes('.') ? text.replace(/\.?0+$/, '') : text;
 }
 
 /** Formats a sample value in its unit: nanoseconds as s/ms/µs, bytes in binary multiples, counts with k/M. */

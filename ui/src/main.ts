@@ -49,8 +49,13 @@ export class App {
     document.body.dataset.loads = String(this.loads);
   }
 
+  /** The profile panel of the current view (tests and benchmarks read it). */
+  get panel() {
+    return this.state.view === 'compare' ? this.compare?.panel : this.explore?.panel;
+  }
+
   get flame() {
-    return this.state.view === 'compare' ? this.compare?.panel.flame : this.explore?.panel.flame;
+    return this.panel?.flame;
   }
 
   private show(): void {

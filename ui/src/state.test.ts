@@ -60,3 +60,16 @@ describe('matcher autocomplete', () => {
     expect(completionContext('service=', 8)).toBeNull();
   });
 });
+
+import { formatValue } from './format';
+
+describe('value formatting', () => {
+  it('formats zero and units', () => {
+    expect(formatValue(0, 'nanoseconds')).toBe('0 ns');
+    expect(formatValue(1_020_000_000, 'nanoseconds')).toBe('1.02 s');
+    expect(formatValue(640_000_000, 'nanoseconds')).toBe('640 ms');
+    expect(formatValue(1536, 'bytes')).toBe('1.5 KiB');
+    expect(formatValue(0, 'count')).toBe('0');
+    expect(formatValue(12_500, 'count')).toBe('12.5k');
+  });
+});

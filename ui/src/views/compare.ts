@@ -101,7 +101,7 @@ export class CompareView {
       this.app.loaded();
     } catch (error) {
       if (signal.aborted) return;
-      this.messages.append(errorBox(error instanceof Error ? error.message : String(error)));
+      this.messages.append(errorBox(error instanceof Error ? error.message : String(error), () => void this.load(this.app.state)));
       this.app.loaded();
     }
   }

@@ -37,6 +37,12 @@ export function debounce<A extends unknown[]>(run: (...args: A) => void, wait: n
   };
 }
 
-export function errorBox(message: string): HTMLElement {
-  return h('div', { class: 'error', role: 'alert' }, message);
+/** An error message, with a Retry button when `retry` is given. */
+export function errorBox(message: string, retry?: () => void): HTMLElement {
+  return h(
+    'div',
+    { class: 'error', role: 'alert' },
+    message,
+    retry ? h('button', { type: 'button', class: 'retry', onclick: retry }, 'Retry') : null,
+  );
 }

@@ -108,7 +108,7 @@ export class ExploreView {
       this.app.loaded();
     } catch (error) {
       if (controller.signal.aborted) return;
-      this.messages.append(errorBox(error instanceof Error ? error.message : String(error)));
+      this.messages.append(errorBox(error instanceof Error ? error.message : String(error), () => void this.load(this.app.state)));
       this.app.loaded();
     }
   }

@@ -43,6 +43,8 @@ export class ProfilePanel {
   private readonly table: TopTable | null;
   private readonly diffTables: HTMLDivElement | null;
   private loaded: Loaded | null = null;
+  /** How long the last tree took to lay out and to draw the first time, ms (benchmarks read it). */
+  timings = { layoutMs: 0, firstDrawMs: 0 };
   private fn = '';
   private restoring = false;
 
@@ -94,7 +96,9 @@ export class ProfilePanel {
   /** Shows a merge answer, restoring search, zoom and focused function. */
   showMerge(result: MergeResult, range: { fromMs: number; toMs: number }, title: string, view: PanelState): void {
     const unit = result.profileType?.sampleUnit ?? '';
+    const started = performance.now();
     const tree = new FlameTree(result.tree ?? { frames: [], nodes: [{ self: 0, total: 0 }] });
+    this.timings.layoutMs = performance.now() - started;
     this.loaded = { base: tree, profileType: result.profileType, rows: result.top?.rows ?? [], totalB: result.total, range, title };
     this.summary.innerHTML =
       `<b>${escapeHtml(title)}</b> · total <b>${formatValue(result.total, unit)}</b> · ${result.profiles} profiles · ` +
@@ -102,6 +106,8 @@ export class ProfilePanel {
       (result.truncation.nodesRemoved ? ` · ${result.truncation.nodesRemoved} small nodes folded` : '');
     this.table?.set(this.loaded.rows, result.total, unit);
     this.restore(view);
+    this.timings.firstDrawMs = this.flame.lastRenderMs;
+    performance.mark('kiln:profile-shown');
   }
 
   /** Shows a diff answer (B against baseline A). */

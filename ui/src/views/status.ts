@@ -91,10 +91,29 @@ export class StatusView {
       const data = cluster.value;
       const nodes = Array.isArray(data.nodes) ? (data.nodes as Record<string, unknown>[]) : [];
       const groups = Array.isArray(data.groups) ? (data.groups as Record<string, unknown>[]) : [];
-      parts.push(h('h3', {}, `Nodes (${nodes.length})`), genericTable(nodes, ['id', 'address', 'region', 'zone', 'state']));
-      parts.push(h('h3', {}, `Groups (${groups.length})`), genericTable(groups, ['id', 'replicas', 'leader', 'commitIndex', 'applyIndex']));
-      const rest = Object.fromEntries(Object.entries(data).filter(([key]) => key !== 'nodes' && key !== 'groups'));
-      if (Object.keys(rest).length) parts.push(h('pre', { class: 'raw' }, JSON.stringify(rest, null, 2)));
+      const rest = Object.entries(data).filter(([key]) => key !== 'nodes' && key !== 'groups');
+      if (rest.length) {
+        const list = h('dl', { class: 'facts' });
+        for (const [key, value] of rest) list.append(h('dt', {}, key), h('dd', {}, typeof value === 'object' ? JSON.stringify(value) : String(value)));
+        parts.push(list);
+      }
+      parts.push(h('h3', {}, `Nodes (${nodes.length})`), genericTable(nodes, ['id', 'address', 'region', 'zone', 'state', 'reachable']));
+      // Replicas read better as one line each: "node 2 leader (applied 41, lag 0)".
+      const groupRows = groups.map((group) => {
+        const replicas = group.replicas;
+        if (!Array.isArray(replicas)) return group;
+        return {
+          ...group,
+          replicas: replicas
+            .map((replica: Record<string, unknown>) =>
+              'nodeId' in replica
+                ? `node ${replica.nodeId} ${replica.role ?? ''} (applied ${replica.appliedIndex ?? '?'}, lag ${replica.lag ?? '?'})`
+                : JSON.stringify(replica),
+            )
+            .join('; '),
+        };
+      });
+      parts.push(h('h3', {}, `Groups (${groups.length})`), genericTable(groupRows, ['group', 'id', 'isMetadata', 'leader', 'term', 'commitIndex', 'applyIndex', 'voters', 'replicas']));
     }
     this.cluster.replaceChildren(...parts);
   }
