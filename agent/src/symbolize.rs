@@ -400,6 +400,8 @@ mod tests {
         let process = crate::process::read_process(std::path::Path::new("/proc"), pid);
         let address = own_function_symbolizes_with_line as fn() as usize as u64;
         let mut symbolizer = Symbolizer::new(4096);
+        // The debug test binary can be larger than the default DWARF limit.
+        symbolizer.set_max_dwarf_file_bytes(u64::MAX);
         let frames = symbolizer.user_frames(std::path::Path::new("/proc"), pid, &process, &[address]);
         let innermost = &frames[0][0];
         assert!(
@@ -411,6 +413,22 @@ mod tests {
         let hits = symbolizer.stats().cache_hits;
         let _ = symbolizer.user_frames(std::path::Path::new("/proc"), pid, &process, &[address]);
         assert_eq!(symbolizer.stats().cache_hits, hits + 1);
+    }
+
+    #[test]
+    fn files_over_the_dwarf_limit_still_get_function_names() {
+        let pid = std::process::id();
+        let process = crate::process::read_process(std::path::Path::new("/proc"), pid);
+        let address = files_over_the_dwarf_limit_still_get_function_names as fn() as usize as u64;
+        let mut symbolizer = Symbolizer::new(4096);
+        symbolizer.set_max_dwarf_file_bytes(0);
+        let frames = symbolizer.user_frames(std::path::Path::new("/proc"), pid, &process, &[address]);
+        assert!(
+            frames[0][0]
+                .function
+                .contains("files_over_the_dwarf_limit_still_get_function_names"),
+            "got {frames:?}"
+        );
     }
 
     #[test]
