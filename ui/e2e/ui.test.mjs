@@ -57,7 +57,7 @@ function flame(fn, arg) {
 function pixel(x, y) {
   return page.evaluate(
     ([px, py]) => {
-      const canvas = document.querySelector('.flame canvas');
+      const canvas = document.querySelector('.flame:not(.inverted) canvas');
       const ratio = canvas.width / canvas.clientWidth;
       const data = canvas.getContext('2d').getImageData(Math.floor(px * ratio), Math.floor(py * ratio), 1, 1).data;
       return [data[0], data[1], data[2]];
@@ -146,7 +146,7 @@ describe('web UI against a real node', () => {
       const tree = graph.current;
       const node = tree.widestChild(0);
       const rect = graph.rects.find((drawn) => drawn.node === node);
-      return { name: tree.name(node), total: tree.total[node], root: tree.total[0], rect, width: document.querySelector('.flame canvas').clientWidth };
+      return { name: tree.name(node), total: tree.total[node], root: tree.total[0], rect, width: document.querySelector('.flame:not(.inverted) canvas').clientWidth };
     });
     assert.equal(widest.name, widestExpected.name);
     assert.ok(Math.abs(widest.total - widestExpected.cum) < 5e6, `${widest.total} vs ${widestExpected.cum}`);
@@ -196,13 +196,13 @@ describe('web UI against a real node', () => {
 
   test('tooltip shows self, total and percentages', async () => {
     const rect = await flame((graph) => graph.rects.find((drawn) => graph.current.name(drawn.node) === 'main.worker'));
-    const box = await page.$eval('.flame canvas', (canvas) => {
+    const box = await page.$eval('.flame:not(.inverted) canvas', (canvas) => {
       const bounds = canvas.getBoundingClientRect();
       return { x: bounds.x, y: bounds.y };
     });
     await page.mouse.move(box.x + rect.x + 20, box.y + rect.y + 5);
-    await waitFor('tooltip', () => page.$eval('.flame-tooltip', (tip) => !tip.hidden && tip.textContent.includes('main.worker')));
-    const text = await page.$eval('.flame-tooltip', (tip) => tip.textContent);
+    await waitFor('tooltip', () => page.$eval('.flame:not(.inverted) .flame-tooltip', (tip) => !tip.hidden && tip.textContent.includes('main.worker')));
+    const text = await page.$eval('.flame:not(.inverted) .flame-tooltip', (tip) => tip.textContent);
     assert.match(text, /Total.*97\.\d\d% of all/);
     assert.match(text, /Self/);
   });
@@ -215,7 +215,7 @@ describe('web UI against a real node', () => {
       const rect = graph.rects.find((drawn) => drawn.node === child);
       return { node: child, name: tree.name(child), rect };
     });
-    const box = await page.$eval('.flame canvas', (canvas) => {
+    const box = await page.$eval('.flame:not(.inverted) canvas', (canvas) => {
       const bounds = canvas.getBoundingClientRect();
       return { x: bounds.x, y: bounds.y, width: bounds.width };
     });
@@ -258,6 +258,18 @@ describe('web UI against a real node', () => {
     assert.equal(focused.first, 'crypto/sha256.block');
     assert.ok(Math.abs(focused.root - expected[0].cum) < 5e6);
     assert.match(decodeURIComponent(page.url()), /fn=crypto\/sha256\.block/);
+    // The sandwich's top half: the callers, nearest first, adding up to the same cum.
+    const callers = await page.evaluate(() => {
+      const graph = window.kiln.panel.callers;
+      const tree = graph.current;
+      const focus = tree.children(0)[0];
+      return { visible: !document.querySelector('.callers').hidden, root: tree.total[0], name: tree.name(focus), nearest: tree.children(focus).map((node) => tree.name(node)), drawn: graph.rects.length };
+    });
+    assert.ok(callers.visible);
+    assert.equal(callers.name, 'crypto/sha256.block');
+    assert.ok(Math.abs(callers.root - expected[0].cum) < 5e6);
+    assert.ok(callers.nearest.includes('crypto/sha256.(*digest).Write'), callers.nearest.join(', '));
+    assert.ok(callers.drawn > 3);
     await shot('05-focus-function');
     await page.click('button.back');
     await waitFor('focus cleared', () => page.$eval('.crumbs', (crumbs) => !crumbs.textContent.includes('focus:')));

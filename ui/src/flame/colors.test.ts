@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DIFF_NEUTRAL_BELOW, diffColor, frameColor, packageColor, packageOf, relativeChange } from './colors';
+import { DIFF_NEUTRAL_BELOW, diffColor, frameColor, hslToHex, packageColor, packageOf, relativeChange } from './colors';
 
 const rgb = (text: string) => text.match(/\d+/g)!.map(Number);
 
@@ -13,6 +13,12 @@ describe('package colours', () => {
     expect(packageOf({ function: '<alloc::vec::Vec<T> as Drop>::drop' })).toBe('alloc');
     expect(packageOf({ function: 'compute (app/server.py:12)' })).toBe('app/server.py');
     expect(packageOf({ function: 'memcpy', binary: '/lib/x86_64-linux-gnu/libc.so.6' })).toBe('libc.so.6');
+  });
+
+  it('converts HSL to hex exactly', () => {
+    expect(hslToHex(0, 100, 50)).toBe('#ff0000');
+    expect(hslToHex(120, 100, 25)).toBe('#008000');
+    expect(hslToHex(0, 0, 88)).toBe('#e0e0e0');
   });
 
   it('gives a package the same colour everywhere', () => {

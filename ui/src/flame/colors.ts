@@ -40,19 +40,34 @@ export function packageColor(pkg: string): string {
   const hue = HUES[hash % HUES.length];
   const saturation = 62 + ((hash >>> 8) % 4) * 6;
   const lightness = 60 + ((hash >>> 12) % 4) * 4;
-  return `hsl(${hue} ${saturation}% ${lightness}%)`;
+  return hslToHex(hue, saturation, lightness);
+}
+
+/** `#rrggbb` of an HSL colour (hue in degrees, saturation and lightness in percent): canvas parses hex fastest. */
+export function hslToHex(hue: number, saturation: number, lightness: number): string {
+  const s = saturation / 100;
+  const l = lightness / 100;
+  const chroma = s * Math.min(l, 1 - l);
+  const channel = (n: number) => {
+    const k = (n + hue / 30) % 12;
+    const value = l - chroma * Math.max(-1, Math.min(k - 3, 9 - k, 1));
+    return Math.round(value * 255)
+      .toString(16)
+      .padStart(2, '0');
+  };
+  return `#${channel(0)}${channel(8)}${channel(4)}`;
 }
 
 export function frameColor(frame: Frame | undefined): string {
-  if (!frame) return 'hsl(0 0% 72%)';
-  if (frame.function === '(other)') return 'hsl(0 0% 80%)';
+  if (!frame) return '#b8b8b8';
+  if (frame.function === '(other)') return '#cccccc';
   return packageColor(packageOf(frame));
 }
 
 /** Colour of frames a search did not match. */
-export const DIMMED = 'hsl(0 0% 88%)';
+export const DIMMED = '#e0e0e0';
 /** Colour of the root and of ancestors above a zoomed frame. */
-export const NEUTRAL = 'hsl(0 0% 76%)';
+export const NEUTRAL = '#c2c2c2';
 
 /**
  * Relative change of a node's share of its profile from A to B: `(b - a) / a`, where `a` and `b` are

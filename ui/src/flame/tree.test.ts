@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { StackTreeJson } from '../api';
 import { foldedOf, pprofOf } from './export';
-import { FlameTree, focusOnFunction, matchNodes, searchPredicate } from './tree';
+import { FlameTree, callersOfFunction, focusOnFunction, matchNodes, searchPredicate } from './tree';
 
 // root(10) ─ main(10, self 1) ─ work(6) ─ hash(4)
 //                             │         └ alloc(2)
@@ -117,6 +117,21 @@ describe('focus on a function', () => {
     expect(focused.children(0).map((node) => focused.name(node))).toEqual(['alloc']);
     expect(focused.total[focused.children(0)[0]]).toBe(5);
     expect(focusOnFunction(tree, 'missing')).toBeNull();
+  });
+
+  it('lists the callers of a function, nearest first, for the sandwich view', () => {
+    const tree = new FlameTree(SAMPLE);
+    const callers = new FlameTree(callersOfFunction(tree, 'alloc')!);
+    expect(callers.total[0]).toBe(5);
+    const alloc = callers.children(0)[0];
+    expect(callers.name(alloc)).toBe('alloc');
+    const nearest = callers.children(alloc).map((node) => [callers.name(node), callers.total[node]]);
+    expect(nearest).toEqual([['main', 3], ['work', 2]]);
+    const work = callers.children(alloc)[1];
+    const main = callers.children(work)[0];
+    expect(callers.name(main)).toBe('main');
+    expect(callers.self[main]).toBe(2); // the chain ends at main, the outermost caller
+    expect(callersOfFunction(tree, 'missing')).toBeNull();
   });
 
   it('keeps the recursion-safe cumulative value', () => {

@@ -324,3 +324,57 @@ function focusMergeRoots(nodes: TreeNodeJson[], frames: Frame[]): StackTreeJson 
   }
   return { frames, nodes: result };
 }
+
+/**
+ * The callers of a function, for the top half of a sandwich view: under the root, the function (every
+ * outermost occurrence merged), then its callers, nearest first. A caller node's total is the value of
+ * the function's stacks that went through that chain of callers; the chain ends (self) at the outermost
+ * caller. Recursion-safe: only outermost occurrences count, so the total is the function's `cum`.
+ */
+export function callersOfFunction(tree: FlameTree, name: string): StackTreeJson | null {
+  const diff = tree.baseTotal !== null;
+  const nodes: TreeNodeJson[] = [{ self: 0, total: 0 }];
+  const withBaseline = (node: TreeNodeJson): TreeNodeJson => (diff ? { ...node, baselineSelf: 0, baselineTotal: 0 } : node);
+  nodes[0] = withBaseline(nodes[0]);
+  const childKey = new Map<string, number>();
+  let focus = -1;
+  const child = (parent: number, frame: number): number => {
+    const key = `${parent}:${frame}`;
+    let found = childKey.get(key);
+    if (found === undefined) {
+      found = nodes.length;
+      childKey.set(key, found);
+      nodes.push(withBaseline({ frame, parent, self: 0, total: 0 }));
+    }
+    return found;
+  };
+  const add = (target: number, value: number, base: number, isEnd: boolean) => {
+    const node = nodes[target];
+    node.total += value;
+    if (isEnd) node.self += value;
+    if (diff) {
+      node.baselineTotal! += base;
+      if (isEnd) node.baselineSelf! += base;
+    }
+  };
+  let position = 1;
+  while (position < tree.count) {
+    const occurrence = tree.order[position];
+    if (tree.name(occurrence) !== name) {
+      position += 1;
+      continue;
+    }
+    const value = tree.total[occurrence];
+    const base = tree.baseTotal ? tree.baseTotal[occurrence] : 0;
+    if (focus < 0) focus = child(0, tree.frameOf[occurrence]);
+    add(0, value, base, false);
+    let current = focus;
+    add(current, value, base, tree.parent[occurrence] === 0);
+    for (let caller = tree.parent[occurrence]; caller > 0; caller = tree.parent[caller]) {
+      current = child(current, tree.frameOf[caller]);
+      add(current, value, base, tree.parent[caller] === 0);
+    }
+    position = tree.subtreeEnd[position];
+  }
+  return focus < 0 ? null : { frames: tree.frames, nodes };
+}

@@ -17,6 +17,8 @@ export interface FlameGraphOptions {
   unit: string;
   /** Called after every zoom or search change. */
   onChange?: () => void;
+  /** Draw the root at the bottom (the callers half of a sandwich view). */
+  inverted?: boolean;
 }
 
 /** Where a node was drawn, for hit testing and tests. */
@@ -45,6 +47,7 @@ export class FlameGraph {
   private charWidth = 7.2;
   private resizeObserver: ResizeObserver;
   private lastWidth = 0;
+  private rows = 1;
   /** Milliseconds the last render took (layout excluded). */
   lastRenderMs = 0;
   /** Rectangles drawn by the last render. */
@@ -55,7 +58,7 @@ export class FlameGraph {
     private options: FlameGraphOptions,
   ) {
     this.element = document.createElement('div');
-    this.element.className = 'flame';
+    this.element.className = options.inverted ? 'flame inverted' : 'flame';
     this.canvas = document.createElement('canvas');
     this.canvas.setAttribute('aria-label', 'flame graph');
     this.canvas.tabIndex = 0;
@@ -194,11 +197,17 @@ export class FlameGraph {
     this.lastWidth = this.element.clientWidth;
     const ratio = window.devicePixelRatio || 1;
     const rows = tree ? tree.deepest[this.focusNode] + 1 : 1;
+    this.rows = rows;
     const height = Math.min(32000, rows * ROW_HEIGHT);
-    this.canvas.style.width = `${width}px`;
-    this.canvas.style.height = `${height}px`;
-    this.canvas.width = Math.round(width * ratio);
-    this.canvas.height = Math.round(height * ratio);
+    // Resizing reallocates the backing store: only when the size changes (zoom mostly keeps it).
+    const pixelWidth = Math.round(width * ratio);
+    const pixelHeight = Math.round(height * ratio);
+    if (this.canvas.width !== pixelWidth || this.canvas.height !== pixelHeight) {
+      this.canvas.style.width = `${width}px`;
+      this.canvas.style.height = `${height}px`;
+      this.canvas.width = pixelWidth;
+      this.canvas.height = pixelHeight;
+    }
     const context = this.context;
     context.setTransform(ratio, 0, 0, ratio, 0, 0);
     context.fillStyle = '#ffffff';
@@ -238,7 +247,7 @@ export class FlameGraph {
 
   private drawRect(tree: FlameTree, node: number, x: number, w: number, ancestor: boolean): void {
     const context = this.context;
-    const y = tree.depth[node] * ROW_HEIGHT;
+    const y = (this.options.inverted ? this.rows - 1 - tree.depth[node] : tree.depth[node]) * ROW_HEIGHT;
     context.fillStyle = ancestor && !this.diffColors ? NEUTRAL : this.colorOf(node, tree);
     context.fillRect(x, y, w > 2 ? w - 1 : w, ROW_HEIGHT - 1);
     this.drawn.push({ node, x, y, width: w });

@@ -4,7 +4,7 @@
 import type { DiffResult, MergeResult, ProfileType, TopRow } from '../api';
 import { DIFF_NEUTRAL_BELOW } from '../flame/colors';
 import { download, foldedOf, gzip, pprofOf, svgOf } from '../flame/export';
-import { FlameTree, focusOnFunction } from '../flame/tree';
+import { FlameTree, callersOfFunction, focusOnFunction } from '../flame/tree';
 import { FlameGraph } from '../flame/view';
 import { escapeHtml, formatChange, formatValue, percent } from '../format';
 import { debounce, h } from './dom';
@@ -34,6 +34,10 @@ interface Loaded {
 export class ProfilePanel {
   readonly element: HTMLDivElement;
   readonly flame: FlameGraph;
+  /** The callers of the focused function (top half of the sandwich), shown only while one is focused. */
+  readonly callers: FlameGraph;
+  private readonly callersBox: HTMLDivElement;
+  private readonly callersTitle: HTMLHeadingElement;
   private readonly searchInput: HTMLInputElement;
   private readonly matchInfo: HTMLSpanElement;
   private readonly crumbs: HTMLDivElement;
@@ -73,7 +77,12 @@ export class ProfilePanel {
       'input',
       debounce(() => this.flame.setSearch(this.searchInput.value), 120),
     );
-    const flameColumn = h('div', { class: 'flame-column' }, toolbar, this.crumbs, flameHolder);
+    const callersHolder = h('div', { class: 'flame-holder' });
+    this.callers = new FlameGraph(callersHolder, { unit: '', inverted: true });
+    this.callersTitle = h('h3', { class: 'sandwich-title' });
+    this.callersBox = h('div', { class: 'callers' }, this.callersTitle, callersHolder, h('h3', { class: 'sandwich-title' }, 'Callees (click to zoom)'));
+    this.callersBox.hidden = true;
+    const flameColumn = h('div', { class: 'flame-column' }, toolbar, this.crumbs, this.callersBox, flameHolder);
     if (mode === 'merge') {
       this.table = new TopTable((name) => this.focusFunction(name));
       this.diffTables = null;
@@ -149,12 +158,22 @@ export class ProfilePanel {
     const loaded = this.loaded;
     if (!loaded) return;
     let tree = loaded.base;
+    const unit = loaded.profileType?.sampleUnit ?? '';
+    let callers: FlameTree | null = null;
     if (this.fn) {
       const focused = focusOnFunction(loaded.base, this.fn);
-      if (focused) tree = new FlameTree(focused);
-      else this.fn = '';
+      const callersJson = callersOfFunction(loaded.base, this.fn);
+      if (focused && callersJson) {
+        tree = new FlameTree(focused);
+        callers = new FlameTree(callersJson);
+      } else {
+        this.fn = '';
+      }
     }
-    this.flame.setTree(tree, { unit: loaded.profileType?.sampleUnit ?? '', totalA: loaded.totalA, totalB: loaded.totalB });
+    this.flame.setTree(tree, { unit, totalA: loaded.totalA, totalB: loaded.totalB });
+    this.callersBox.hidden = callers === null;
+    this.callersTitle.textContent = `Callers of ${this.fn} (nearest caller just above it)`;
+    if (callers) this.callers.setTree(callers, { unit, totalA: loaded.totalA, totalB: loaded.totalB });
     this.table?.select(this.fn);
   }
 
