@@ -1102,6 +1102,9 @@ pub struct ClusterGroup {
     pub commit_index: u64,
     /// Voters recorded in the cluster map.
     pub voters: Vec<u64>,
+    /// Voters of the leader's current raft configuration (the union of both
+    /// halves while a membership change is in flight).
+    pub raft_voters: Vec<u64>,
     /// Replicas that answered.
     pub replicas: Vec<ClusterReplica>,
 }
@@ -1151,6 +1154,7 @@ impl From<&proto::ClusterStatus> for ClusterStatusResult {
                     term: group.term,
                     commit_index: group.commit_index,
                     voters: group.voters.clone(),
+                    raft_voters: group.raft_voters.clone(),
                     replicas: group
                         .replicas
                         .iter()

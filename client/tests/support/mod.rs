@@ -2,6 +2,8 @@
 //! `kiln` CLI, and parsers for `go tool pprof -top` text.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

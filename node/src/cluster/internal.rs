@@ -32,6 +32,12 @@ pub enum Request {
         /// The new voters.
         voters: BTreeMap<NodeId, String>,
     },
+    /// Drop this node's replica of `group`: its leader's membership no longer has
+    /// it (it missed the final membership entry, or was down when it was removed).
+    DropReplica {
+        /// Which group.
+        group: GroupId,
+    },
     /// Start an election for `group` here (moves leadership to this node when its
     /// log is up to date).
     Campaign {

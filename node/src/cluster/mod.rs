@@ -43,7 +43,7 @@ use crate::ingest::prepare_write;
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{FaultInjector, GroupNetworkFactory, PeerChannels, RaftRegistry};
+use crate::raft::network::{AddressBook, FaultInjector, GroupNetworkFactory, PeerChannels, RaftRegistry};
 use crate::raft::state_machine::{GroupStateMachine, MachineKind};
 use crate::raft::{decode, encode, Command, CommandResponse, KilnRaft, NodeId};
 use crate::storage::keys::{self, GroupId};
@@ -145,6 +145,8 @@ pub struct Cluster {
     applied_changed: watch::Sender<u64>,
     /// The freshest map this node knows (applied here or fetched).
     view: RwLock<ClusterMap>,
+    /// Current address of every node, for the raft network.
+    addresses: AddressBook,
     /// Last known leader per group.
     leader_hints: RwLock<HashMap<GroupId, NodeId>>,
     health: Mutex<BTreeMap<NodeId, NodeHealth>>,
@@ -202,6 +204,11 @@ impl Cluster {
         };
         let applied = GroupStateMachine::read_cluster_map(&storage, METADATA_GROUP)
             .map_err(|error| NodeError::Internal(error.to_string()))?;
+        let known_addresses: HashMap<NodeId, String> = applied
+            .nodes
+            .values()
+            .map(|node| (node.id, node.address.clone()))
+            .collect();
         let (applied_changed, _) = watch::channel(applied.version);
         let (stopping, _) = watch::channel(false);
         let cluster = Arc::new(Cluster {
@@ -217,6 +224,7 @@ impl Cluster {
             view: RwLock::new(applied.clone()),
             applied_map: Arc::new(RwLock::new(applied)),
             applied_changed,
+            addresses: Arc::new(RwLock::new(known_addresses)),
             leader_hints: RwLock::new(HashMap::new()),
             health: Mutex::new(BTreeMap::new()),
             leader_since: Mutex::new(None),
@@ -261,6 +269,10 @@ impl Cluster {
         let mut view = self.view.write();
         if map.version > view.version || !view.is_bootstrapped() {
             *view = map.clone();
+            let mut addresses = self.addresses.write();
+            for node in map.nodes.values() {
+                addresses.insert(node.id, node.address.clone());
+            }
         }
     }
 
@@ -338,7 +350,13 @@ impl Cluster {
             self.data_dir.join("snapshots"),
             self.metrics.clone(),
         );
-        let network = GroupNetworkFactory::new(group, self.node_id, self.peers.clone(), self.faults.clone());
+        let network = GroupNetworkFactory::new(
+            group,
+            self.node_id,
+            self.peers.clone(),
+            self.faults.clone(),
+            self.addresses.clone(),
+        );
         let raft = KilnRaft::new(
             self.node_id,
             self.raft_config()?,
@@ -790,6 +808,9 @@ impl Cluster {
                 replicas,
                 voters: info.replicas.iter().copied().collect(),
                 is_metadata: *group == METADATA_GROUP,
+                raft_voters: leader_report
+                    .map(|(_, report)| report.voters.clone())
+                    .unwrap_or_default(),
             });
         }
         api::ClusterStatus {
@@ -881,6 +902,19 @@ impl Cluster {
             }
             Request::ChangeReplicas { group, voters } => {
                 self.change_replicas(group, voters).await?;
+                Ok(Response::Done)
+            }
+            Request::DropReplica { group } => {
+                let replica = self.replica(group).ok_or(Failure::NotHosted)?;
+                let leading = replica.raft.metrics().borrow().state == ServerState::Leader;
+                // A replica created moments ago may be a learner whose membership
+                // entry is on its way; a leader is never stale by definition here.
+                if leading || replica.created.elapsed() < reconcile::JANITOR_GRACE {
+                    return Err(Failure::Unavailable(format!(
+                        "replica of group {group} is not stale"
+                    )));
+                }
+                self.drop_replica(group).await?;
                 Ok(Response::Done)
             }
             Request::Campaign { group } => {

@@ -9,7 +9,10 @@
 //!    have yet, and among those to the node holding the fewest replicas, lowest id
 //!    on ties (deterministic);
 //! 4. when there are too many, the ineligible go first, then the ones on the most
-//!    loaded nodes in the most crowded zone.
+//!    loaded nodes in the most crowded zone;
+//! 5. when the group is complete but an eligible node outside it holds at least two
+//!    replicas fewer than the most loaded member, one replica moves there (one per
+//!    call, so that a new node fills up group by group, never all at once).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,6 +77,19 @@ pub fn desired_replicas(
             None => break,
         }
     }
+    if chosen.len() == target {
+        let load_of = |candidate: &Candidate| load.get(&candidate.id).copied().unwrap_or(0);
+        let busiest = (0..chosen.len()).max_by_key(|index| (load_of(chosen[*index]), chosen[*index].id));
+        let idlest = eligible
+            .iter()
+            .filter(|candidate| !chosen.iter().any(|node| node.id == candidate.id))
+            .min_by_key(|candidate| (load_of(candidate), candidate.id));
+        if let (Some(busiest), Some(idlest)) = (busiest, idlest) {
+            if load_of(idlest) + 1 < load_of(chosen[busiest]) {
+                chosen[busiest] = idlest;
+            }
+        }
+    }
     let desired: BTreeSet<NodeId> = chosen.iter().map(|node| node.id).collect();
     debug_assert_eq!(desired.len(), target, "replicas are on distinct nodes");
     desired
@@ -124,6 +140,22 @@ mod tests {
     }
 
     #[test]
+    fn moves_one_replica_to_an_idle_node() {
+        let eligible = [node(1, "a"), node(2, "b"), node(3, "c"), node(4, "d")];
+        let load: BTreeMap<NodeId, usize> = [(1, 4), (2, 4), (3, 4), (4, 0)].into();
+        let desired = desired_replicas(&[1, 2, 3].into(), &eligible, 3, &load);
+        assert_eq!(desired.len(), 3);
+        assert!(desired.contains(&4));
+        assert_eq!(desired.intersection(&[1, 2, 3].into()).count(), 2);
+        // Balanced enough: nothing moves.
+        let even: BTreeMap<NodeId, usize> = [(1, 3), (2, 3), (3, 3), (4, 3)].into();
+        assert_eq!(
+            desired_replicas(&[1, 2, 3].into(), &eligible, 3, &even),
+            [1, 2, 3].into()
+        );
+    }
+
+    #[test]
     fn caps_the_replica_count_at_the_eligible_node_count() {
         let eligible = [node(1, "a"), node(2, "b")];
         assert_eq!(
@@ -149,12 +181,16 @@ mod tests {
             for id in &desired {
                 prop_assert!(eligible.iter().any(|node| node.id == *id));
             }
-            // Every still-eligible current voter is kept when the target allows it.
+            // Still-eligible current voters are kept when the target allows it,
+            // except at most one moved for balance.
             let kept = current.iter().filter(|id| eligible.iter().any(|node| node.id == **id)).count();
             if kept <= target {
-                for id in current.iter().filter(|id| eligible.iter().any(|node| node.id == **id)) {
-                    prop_assert!(desired.contains(id));
-                }
+                let dropped = current
+                    .iter()
+                    .filter(|id| eligible.iter().any(|node| node.id == **id))
+                    .filter(|id| !desired.contains(id))
+                    .count();
+                prop_assert!(dropped <= 1);
             }
         }
 

@@ -26,7 +26,7 @@ const METADATA_REPLICAS: usize = 5;
 const MOVES_PER_PASS: usize = 2;
 /// A replica younger than this is never dropped by the janitor (it may be a
 /// learner that has not received its membership yet).
-const JANITOR_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const JANITOR_GRACE: Duration = Duration::from_secs(30);
 
 impl Cluster {
     /// Starts the background loops; they end when the node stops.
@@ -46,6 +46,7 @@ impl Cluster {
                     return;
                 }
                 cluster.refresh_map().await;
+                cluster.publish_address().await;
                 cluster.janitor().await;
                 if moves.as_ref().is_none_or(|task| task.is_finished()) {
                     let worker = cluster.clone();
@@ -91,6 +92,28 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// A node restarted on another address records the new one in the map, which
+    /// every node's raft network then uses.
+    async fn publish_address(&self) {
+        let recorded = {
+            let view = self.view.read();
+            view.address_of(self.node_id).map(str::to_string)
+        };
+        let Some(recorded) = recorded else {
+            return;
+        };
+        if recorded == self.config.advertise_address {
+            return;
+        }
+        tracing::info!(old = %recorded, new = %self.config.advertise_address, "recording this node's new address");
+        let _ = self
+            .meta_write(MetaCommand::SetNodeAddress {
+                id: self.node_id,
+                address: self.config.advertise_address.clone(),
+            })
+            .await;
     }
 
     fn is_metadata_leader(&self) -> bool {
@@ -144,6 +167,47 @@ impl Cluster {
                 }
             }
         }
+        // Replicas their group's leader no longer counts as members (they missed
+        // the last membership entry, or their node was down through it) go away.
+        let mut members_of: BTreeMap<GroupId, BTreeSet<NodeId>> = BTreeMap::new();
+        for answer in probes.values() {
+            if let Ok(report) = answer {
+                for group in report.groups.iter().filter(|group| group.role == "leader") {
+                    let members = group
+                        .voters
+                        .iter()
+                        .chain(group.learners.iter())
+                        .copied()
+                        .collect();
+                    members_of.insert(group.group, members);
+                }
+            }
+        }
+        for (node, answer) in &probes {
+            let Ok(report) = answer else {
+                continue;
+            };
+            for group in &report.groups {
+                let stale = members_of
+                    .get(&group.group)
+                    .is_some_and(|members| !members.contains(node));
+                if !stale || group.role == "leader" {
+                    continue;
+                }
+                let Some(address) = map.address_of(*node) else {
+                    continue;
+                };
+                let request = Request::DropReplica { group: group.group };
+                let answer = if *node == self.node_id {
+                    self.handle_internal(request).await
+                } else {
+                    self.call(address, &request, Duration::from_secs(10)).await
+                };
+                if answer.is_ok() {
+                    tracing::info!(group = group.group, node, "dropped a stale replica");
+                }
+            }
+        }
         // Eligible: up, and reachable within the dead-node timeout. A node that is
         // merely slow to answer one probe keeps its replicas.
         let eligible: Vec<Candidate> = map
@@ -158,8 +222,12 @@ impl Cluster {
         if eligible.is_empty() {
             return;
         }
+        // Data replicas per node; the metadata group has its own target.
         let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
-        for (_, voters) in voters_of.values() {
+        for (group, (_, voters)) in &voters_of {
+            if *group == METADATA_GROUP {
+                continue;
+            }
             for voter in voters {
                 *load.entry(*voter).or_default() += 1;
             }
@@ -201,6 +269,31 @@ impl Cluster {
             let Some(leader_address) = map.address_of(leader).map(str::to_string) else {
                 continue;
             };
+            if !desired.contains(&leader) {
+                // Hand leadership to a voter that stays before removing the
+                // leader: a leader that removes itself leaves the group without
+                // one until an election timeout passes.
+                let heir = desired
+                    .intersection(&current)
+                    .find(|node| alive.contains(node))
+                    .and_then(|node| map.address_of(*node).map(|address| (*node, address.to_string())));
+                if let Some((heir, address)) = heir {
+                    tracing::info!(
+                        group,
+                        from = leader,
+                        to = heir,
+                        "moving leadership off a leaving replica"
+                    );
+                    let _ = self
+                        .call(
+                            &address,
+                            &Request::Campaign { group: *group },
+                            Duration::from_secs(5),
+                        )
+                        .await;
+                    continue;
+                }
+            }
             tracing::info!(group, ?current, ?desired, "moving replicas");
             let request = Request::ChangeReplicas {
                 group: *group,
@@ -220,6 +313,9 @@ impl Cluster {
                             replicas: desired.clone(),
                         })
                         .await;
+                    if *group == METADATA_GROUP {
+                        continue;
+                    }
                     for node in desired.difference(&current) {
                         *load.entry(*node).or_default() += 1;
                     }

@@ -95,6 +95,11 @@ impl FaultInjector {
     }
 }
 
+/// Current address of each node, kept from the cluster map. Raft memberships
+/// remember the address a node had when it was added; a node restarted on another
+/// address is found through this book instead.
+pub type AddressBook = Arc<RwLock<HashMap<NodeId, String>>>;
+
 /// One lazily connected gRPC channel per peer address, shared by every group and
 /// by the cluster's own node-to-node calls.
 #[derive(Default)]
@@ -127,16 +132,24 @@ pub struct GroupNetworkFactory {
     local: NodeId,
     peers: Arc<PeerChannels>,
     faults: Arc<FaultInjector>,
+    addresses: AddressBook,
 }
 
 impl GroupNetworkFactory {
     /// The network of `group` on node `local`.
-    pub fn new(group: GroupId, local: NodeId, peers: Arc<PeerChannels>, faults: Arc<FaultInjector>) -> Self {
+    pub fn new(
+        group: GroupId,
+        local: NodeId,
+        peers: Arc<PeerChannels>,
+        faults: Arc<FaultInjector>,
+        addresses: AddressBook,
+    ) -> Self {
         GroupNetworkFactory {
             group,
             local,
             peers,
             faults,
+            addresses,
         }
     }
 }
@@ -152,6 +165,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
             address: node.addr.clone(),
             peers: self.peers.clone(),
             faults: self.faults.clone(),
+            addresses: self.addresses.clone(),
         }
     }
 }
@@ -164,6 +178,7 @@ pub struct GroupConnection {
     address: String,
     peers: Arc<PeerChannels>,
     faults: Arc<FaultInjector>,
+    addresses: AddressBook,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,9 +198,15 @@ impl GroupConnection {
             return Err(RPCError::Unreachable(Unreachable::new(&fault)));
         }
         let payload = encode(request).map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
+        let address = self
+            .addresses
+            .read()
+            .get(&self.target)
+            .cloned()
+            .unwrap_or_else(|| self.address.clone());
         let channel = self
             .peers
-            .channel(&self.address)
+            .channel(&address)
             .map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
         let mut client = RaftServiceClient::new(channel)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)

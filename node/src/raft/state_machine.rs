@@ -154,6 +154,7 @@ impl GroupStateMachine {
             .db()
             .write_opt(batch, &synced())
             .map_err(sm_write_error)?;
+        self.storage.forget_group(self.group);
         match std::fs::remove_file(self.snapshot_path()) {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -460,6 +461,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         };
         off_thread(move || {
             machine.load(&stored.data)?;
+            machine.storage.forget_group(machine.group);
             machine.save_snapshot_file(&stored)
         })
         .await?;

@@ -111,12 +111,12 @@ impl Default for StorageOptions {
 /// A bounded cache of immutable values (content-addressed symbols never change, so
 /// entries never go stale). Cleared whole when full: simple, and misses only cost a
 /// RocksDB read.
-pub struct ImmutableCache<V> {
-    entries: Mutex<HashMap<u64, V>>,
+pub struct ImmutableCache<K, V> {
+    entries: Mutex<HashMap<K, V>>,
     capacity: usize,
 }
 
-impl<V: Clone> ImmutableCache<V> {
+impl<K: std::hash::Hash + Eq, V: Clone> ImmutableCache<K, V> {
     /// A cache holding at most `capacity` entries.
     pub fn new(capacity: usize) -> Self {
         ImmutableCache {
@@ -126,17 +126,22 @@ impl<V: Clone> ImmutableCache<V> {
     }
 
     /// The cached value, if any.
-    pub fn get(&self, key: u64) -> Option<V> {
+    pub fn get(&self, key: K) -> Option<V> {
         self.entries.lock().get(&key).cloned()
     }
 
     /// Caches a value.
-    pub fn insert(&self, key: u64, value: V) {
+    pub fn insert(&self, key: K, value: V) {
         let mut entries = self.entries.lock();
         if entries.len() >= self.capacity {
             entries.clear();
         }
         entries.insert(key, value);
+    }
+
+    /// Drops every entry whose key matches `stale`.
+    pub fn forget(&self, stale: impl Fn(&K) -> bool) {
+        self.entries.lock().retain(|key, _| !stale(key));
     }
 }
 
@@ -144,8 +149,10 @@ impl<V: Clone> ImmutableCache<V> {
 #[derive(Clone)]
 pub struct Storage {
     db: Arc<DB>,
-    /// Decoded stack records (dense stack id -> location ids).
-    pub stack_cache: Arc<ImmutableCache<Arc<[u64]>>>,
+    /// Decoded stack records ((group, dense stack id) -> location ids). Dense ids
+    /// are per group, so the group is part of the key; a group whose data is
+    /// replaced (raft snapshot) or dropped is forgotten with [`Storage::forget_group`].
+    pub stack_cache: Arc<ImmutableCache<(GroupId, u64), Arc<[u64]>>>,
     options: StorageOptions,
 }
 
@@ -351,10 +358,18 @@ impl Storage {
         Ok(Some(i64::from_be_bytes(array)))
     }
 
+    /// Forgets every cached record of `group` (its data was replaced or deleted).
+    pub fn forget_group(&self, group: GroupId) {
+        self.stack_cache
+            .forget(|(cached_group, _)| *cached_group == group);
+    }
+
     /// Location ids of dense stacks, through the stack cache.
     pub fn stacks(&self, group: GroupId, stack_ids: &[u64]) -> Result<Vec<Arc<[u64]>>, NodeError> {
-        let mut result: Vec<Option<Arc<[u64]>>> =
-            stack_ids.iter().map(|id| self.stack_cache.get(*id)).collect();
+        let mut result: Vec<Option<Arc<[u64]>>> = stack_ids
+            .iter()
+            .map(|id| self.stack_cache.get((group, *id)))
+            .collect();
         let missing: Vec<usize> = (0..stack_ids.len())
             .filter(|index| result[*index].is_none())
             .collect();
@@ -371,7 +386,8 @@ impl Storage {
                 )));
             };
             let locations: Arc<[u64]> = symbols::decode_stack(&bytes)?.into();
-            self.stack_cache.insert(stack_ids[index], locations.clone());
+            self.stack_cache
+                .insert((group, stack_ids[index]), locations.clone());
             result[index] = Some(locations);
         }
         Ok(result.into_iter().flatten().collect())
