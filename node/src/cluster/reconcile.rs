@@ -170,17 +170,15 @@ impl Cluster {
         // Replicas their group's leader no longer counts as members (they missed
         // the last membership entry, or their node was down through it) go away.
         let mut members_of: BTreeMap<GroupId, BTreeSet<NodeId>> = BTreeMap::new();
-        for answer in probes.values() {
-            if let Ok(report) = answer {
-                for group in report.groups.iter().filter(|group| group.role == "leader") {
-                    let members = group
-                        .voters
-                        .iter()
-                        .chain(group.learners.iter())
-                        .copied()
-                        .collect();
-                    members_of.insert(group.group, members);
-                }
+        for report in probes.values().flatten() {
+            for group in report.groups.iter().filter(|group| group.role == "leader") {
+                let members = group
+                    .voters
+                    .iter()
+                    .chain(group.learners.iter())
+                    .copied()
+                    .collect();
+                members_of.insert(group.group, members);
             }
         }
         for (node, answer) in &probes {

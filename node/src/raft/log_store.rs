@@ -9,6 +9,10 @@
 //!   so an acknowledged entry survives kill -9 and power loss;
 //! - the vote is synced before `save_vote` returns.
 
+// openraft's storage traits fix the error type (`StorageError`, over 200 bytes);
+// the helpers here return it as is rather than converting at every call.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 

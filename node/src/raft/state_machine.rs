@@ -11,6 +11,10 @@
 //! batch. The last snapshot is kept in a file so a restarted node can still serve it
 //! to a lagging replica after its log was purged.
 
+// openraft's storage traits fix the error type (`StorageError`, over 200 bytes);
+// the helpers here return it as is rather than converting at every call.
+#![allow(clippy::result_large_err)]
+
 use std::io::{Cursor, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -236,9 +240,8 @@ impl GroupStateMachine {
             .map_err(snapshot_error)?;
         loop {
             let mut tag = [0u8; 1];
-            match decoder.read(&mut tag).map_err(snapshot_error)? {
-                0 => break,
-                _ => {}
+            if decoder.read(&mut tag).map_err(snapshot_error)? == 0 {
+                break;
             }
             let cf = handles
                 .get(tag[0] as usize)

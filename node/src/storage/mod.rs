@@ -145,6 +145,9 @@ impl<K: std::hash::Hash + Eq, V: Clone> ImmutableCache<K, V> {
     }
 }
 
+/// Decoded stack records by (group, dense stack id).
+pub type StackCache = ImmutableCache<(GroupId, u64), Arc<[u64]>>;
+
 /// The node's storage: a RocksDB handle plus read caches. Cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
@@ -152,7 +155,7 @@ pub struct Storage {
     /// Decoded stack records ((group, dense stack id) -> location ids). Dense ids
     /// are per group, so the group is part of the key; a group whose data is
     /// replaced (raft snapshot) or dropped is forgotten with [`Storage::forget_group`].
-    pub stack_cache: Arc<ImmutableCache<(GroupId, u64), Arc<[u64]>>>,
+    pub stack_cache: Arc<StackCache>,
     options: StorageOptions,
 }
 

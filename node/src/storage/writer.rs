@@ -60,6 +60,10 @@ pub struct RetentionOutcome {
 
 /// Replies to a write job: one outcome per write of the job.
 type WriteReply = oneshot::Sender<Result<Vec<WriteOutcome>, NodeError>>;
+/// `meta` column family records committed with a job's writes.
+type MetaPuts = Vec<(Vec<u8>, Vec<u8>)>;
+/// A queued write job: writes, extra records, reply.
+type QueuedJob = (Vec<PreparedWrite>, MetaPuts, WriteReply);
 
 enum Job {
     Write {
@@ -299,7 +303,7 @@ impl WriterState {
         }
     }
 
-    fn commit_jobs(&mut self, jobs: Vec<(Vec<PreparedWrite>, Vec<(Vec<u8>, Vec<u8>)>, WriteReply)>) {
+    fn commit_jobs(&mut self, jobs: Vec<QueuedJob>) {
         if jobs.is_empty() {
             return;
         }
