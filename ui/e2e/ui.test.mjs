@@ -307,21 +307,35 @@ describe('web UI against a real node', () => {
     }
   });
 
+  test('the metrics graph sums by chosen labels', async () => {
+    const before = await loadsSoFar();
+    await page.click('details.sum-by summary');
+    await page.check('details.sum-by input[value="file"]');
+    await waitForLoads(page, before + 1);
+    assert.match(decodeURIComponent(page.url()), /by=file/);
+    const legend = await page.$eval('.metrics .u-legend', (element) => element.textContent);
+    assert.match(legend, /\{file="cpu"\}/);
+    assert.doesNotMatch(legend, /instance=/);
+  });
+
   test('brushing the metrics graph selects that time range', async () => {
     const before = await loadsSoFar();
     const overlay = await page.$eval('.metrics .u-over', (element) => {
       const bounds = element.getBoundingClientRect();
       return { x: bounds.x, y: bounds.y, width: bounds.width, height: bounds.height };
     });
-    await page.mouse.move(overlay.x + 2, overlay.y + overlay.height / 2);
+    // From 10% to 90% of the plot: the selection must land strictly inside the range.
+    await page.mouse.move(overlay.x + overlay.width * 0.1, overlay.y + overlay.height / 2);
     await page.mouse.down();
-    await page.mouse.move(overlay.x + overlay.width - 2, overlay.y + overlay.height / 2, { steps: 8 });
+    await page.mouse.move(overlay.x + overlay.width * 0.9, overlay.y + overlay.height / 2, { steps: 8 });
     await page.mouse.up();
     await waitForLoads(page, before + 1);
     const params = new URL(page.url()).searchParams;
     const from = Number(params.get('from'));
     const to = Number(params.get('to'));
     assert.ok(from > range.from && to < range.to && from < to, `brushed range ${from}..${to} inside ${range.from}..${range.to}`);
+    const expectedSpan = (range.to - range.from) * 0.8;
+    assert.ok(Math.abs(to - from - expectedSpan) < expectedSpan * 0.05, `brushed ${to - from} ms, expected about ${expectedSpan}`);
     assert.equal(await page.$eval('.range-picker', (select) => select.value), 'custom');
   });
 

@@ -22,6 +22,16 @@ export class App {
     this.nav = h('nav', { class: 'tabs' });
     this.main = h('main');
     root.append(h('header', { class: 'top' }, h('a', { class: 'brand', href: '/' }, h('span', { class: 'logo' }), 'Kiln'), this.nav), this.main);
+    // "/" jumps to the flame graph search, as in many tools.
+    window.addEventListener('keydown', (event) => {
+      const target = event.target as HTMLElement;
+      if (event.key !== '/' || target.closest('input, textarea, select')) return;
+      const search = document.querySelector<HTMLInputElement>('main .flame-search');
+      if (search) {
+        event.preventDefault();
+        search.focus();
+      }
+    });
     window.addEventListener('popstate', () => {
       this.state = parseState(location.search);
       this.show();
@@ -43,10 +53,16 @@ export class App {
     history.replaceState(null, '', `${location.pathname}${serializeState(this.state)}`);
   }
 
+  /** Marks a view's load as started: a progress bar shows under the header until `loaded`. */
+  busy(): void {
+    document.body.classList.add('busy');
+  }
+
   /** Marks a view's load as done. */
   loaded(): void {
     this.loads += 1;
     document.body.dataset.loads = String(this.loads);
+    document.body.classList.remove('busy');
   }
 
   /** The profile panel of the current view (tests and benchmarks read it). */

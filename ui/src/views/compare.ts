@@ -9,6 +9,13 @@ import { MetricsChart } from './metrics';
 import { ProfilePanel } from './profile';
 import { MatcherInput, TimeRangePicker, TypePicker, defaultType } from './querybar';
 
+/** Baseline shortcuts: A becomes B's selection this much earlier. */
+const BASELINE_SHIFTS: [string, number][] = [
+  ['1 hour earlier', 3_600_000],
+  ['1 day earlier', 86_400_000],
+  ['1 week earlier', 604_800_000],
+];
+
 class Side {
   readonly element: HTMLElement;
   readonly matchers: MatcherInput;
@@ -46,10 +53,26 @@ export class CompareView {
     this.b = new Side(app, 'b', submit);
     this.messages = h('div', { class: 'messages' });
     this.panel = new ProfilePanel({ onViewChange: (view) => app.update(view, false, false) }, 'diff');
+    const shortcut = h(
+      'select',
+      { class: 'baseline-shortcut', 'aria-label': 'baseline shortcut', title: 'set A to B\'s selection at an earlier time' },
+      h('option', { value: '' }, 'A = B earlier…'),
+      ...BASELINE_SHIFTS.map(([label, ms]) => h('option', { value: String(ms) }, label)),
+    );
+    shortcut.addEventListener('change', () => {
+      const shift = Number(shortcut.value);
+      shortcut.value = '';
+      if (!shift) return;
+      const now = Date.now();
+      const b = app.state.bRange;
+      const from = resolveTime(b.from, now);
+      const to = resolveTime(b.to, now);
+      app.update({ a: this.b.matchers.value.trim(), b: this.b.matchers.value.trim(), aRange: { from: String(from - shift), to: String(to - shift) }, bRange: { from: String(from), to: String(to) }, zoom: [], fn: '' }, true);
+    });
     this.element = h(
       'div',
       { class: 'compare' },
-      h('div', { class: 'query-bar' }, h('label', {}, 'Profile type ', this.types.element), h('button', { type: 'button', class: 'primary run', onclick: submit }, 'Compare')),
+      h('div', { class: 'query-bar' }, h('label', {}, 'Profile type ', this.types.element), h('button', { type: 'button', class: 'primary run', onclick: submit }, 'Compare'), shortcut),
       h('div', { class: 'sides' }, this.a.element, this.b.element),
       this.messages,
       h('section', { class: 'card' }, this.panel.element),
@@ -62,6 +85,7 @@ export class CompareView {
     this.controller = controller;
     const signal = controller.signal;
     this.messages.replaceChildren();
+    this.app.busy();
     this.a.matchers.value = state.a;
     this.b.matchers.value = state.b;
     this.a.range.set(state.aRange);

@@ -14,7 +14,7 @@ export class ExploreView {
   private readonly types: TypePicker;
   private readonly matchers: MatcherInput;
   private readonly range: TimeRangePicker;
-  private readonly sumBy: HTMLSelectElement;
+  private readonly sumBy: HTMLDetailsElement;
   private readonly chart: MetricsChart;
   private readonly messages: HTMLDivElement;
   private controller: AbortController | null = null;
@@ -26,8 +26,12 @@ export class ExploreView {
       () => this.submit(),
     );
     this.range = new TimeRangePicker((range) => app.update({ range, zoom: [] }, true));
-    this.sumBy = h('select', { class: 'sum-by', 'aria-label': 'sum by' });
-    this.sumBy.addEventListener('change', () => app.update({ sumBy: this.sumBy.value }, true));
+    this.sumBy = h('details', { class: 'sum-by' });
+    this.sumBy.addEventListener('change', () => {
+      const chosen = [...this.sumBy.querySelectorAll<HTMLInputElement>('input:checked')].map((input) => input.value);
+      this.sumBy.open = false;
+      app.update({ sumBy: chosen.join(',') }, true);
+    });
     const run = h('button', { type: 'button', class: 'primary run', onclick: () => this.submit() }, 'Run');
     const compare = h(
       'button',
@@ -50,7 +54,7 @@ export class ExploreView {
       { class: 'explore' },
       h('div', { class: 'query-bar' }, this.types.element, this.matchers.element, this.range.element, run, compare),
       this.messages,
-      h('section', { class: 'card' }, h('div', { class: 'card-head' }, h('h2', {}, 'Value over time'), h('label', {}, 'Sum by ', this.sumBy)), this.chart.element),
+      h('section', { class: 'card' }, h('div', { class: 'card-head' }, h('h2', {}, 'Value over time'), h('div', { class: 'sum-by-box' }, 'Sum by ', this.sumBy)), this.chart.element),
       h('section', { class: 'card' }, this.panel.element),
     );
   }
@@ -65,6 +69,7 @@ export class ExploreView {
     const controller = new AbortController();
     this.controller = controller;
     this.messages.replaceChildren();
+    this.app.busy();
     this.matchers.value = state.query;
     this.range.set(state.range);
     const now = Date.now();
@@ -90,11 +95,17 @@ export class ExploreView {
       this.types.set(types, type);
       const selector = selectorOf(type, state.query);
       const names = await api.labels(selector, state.range.from, state.range.to).catch(() => [] as string[]);
+      const chosen = state.sumBy.split(',').filter(Boolean);
       this.sumBy.replaceChildren(
-        h('option', { value: '' }, 'each series'),
-        ...names.filter((name) => !name.startsWith('__')).map((name) => h('option', { value: name }, name)),
+        h('summary', {}, chosen.length ? chosen.join(', ') : 'each series'),
+        h(
+          'div',
+          { class: 'sum-by-menu' },
+          ...names
+            .filter((name) => !name.startsWith('__'))
+            .map((name) => h('label', {}, h('input', { type: 'checkbox', value: name, checked: chosen.includes(name) }), ` ${name}`)),
+        ),
       );
-      this.sumBy.value = state.sumBy;
       const signal = controller.signal;
       const [range, tree, top] = await Promise.all([
         api.range(selector, state.range.from, state.range.to, state.sumBy, signal),
