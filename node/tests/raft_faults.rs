@@ -1,0 +1,420 @@
+//! In-process cluster tests with a fault-injecting network: several nodes in one
+//! process, each with its own RocksDB and its own gRPC server on a loopback port,
+//! and faults (drop, delay, partition a node or one group) injected on the
+//! sending side of every raft RPC. Every wait is on raft metrics with a deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_node::cluster::ClusterConfig;
+use kiln_node::raft::NodeId;
+use kiln_node::{NodeConfig, NodeState};
+use kiln_proto::kiln::v1 as api;
+use tokio::sync::oneshot;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct TestNode {
+    state: Arc<NodeState>,
+    stop: Option<oneshot::Sender<()>>,
+    _directory: tempfile::TempDir,
+}
+
+impl TestNode {
+    fn id(&self) -> NodeId {
+        self.state.cluster.node_id()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn start_node(join: Option<String>) -> TestNode {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let mut cluster = ClusterConfig::new(address);
+    cluster.join = join;
+    cluster.data_groups = 2;
+    cluster.heartbeat_interval = Duration::from_millis(100);
+    cluster.election_timeout = Duration::from_millis(600);
+    cluster.reconcile_interval = Duration::from_millis(300);
+    cluster.dead_node_timeout = Duration::from_secs(60);
+    let config = NodeConfig::with_data_dir(directory.path().to_path_buf());
+    let max_message_bytes = config.max_message_bytes;
+    // A joining node asks the first node's server, which is already serving.
+    let state = NodeState::open(config, cluster).await.expect("open node");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = state.clone();
+    tokio::spawn(async move {
+        let _ = kiln_node::server::serve(served, listener, max_message_bytes, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    TestNode {
+        state,
+        stop: Some(stop),
+        _directory: directory,
+    }
+}
+
+/// Starts `count` nodes and waits until every group has `min(3, count)` voters.
+async fn start_cluster(count: usize) -> Vec<TestNode> {
+    let first = start_node(None).await;
+    let seed = first.state.cluster.config().advertise_address.clone();
+    let mut nodes = vec![first];
+    for _ in 1..count {
+        nodes.push(start_node(Some(seed.clone())).await);
+    }
+    wait_replicated(&nodes, count.min(3)).await;
+    nodes
+}
+
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_replicated(nodes: &[TestNode], replicas: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = nodes[0].state.cluster.status().await;
+        let done = !status.groups.is_empty()
+            && status
+                .groups
+                .iter()
+                .filter(|group| !group.is_metadata)
+                .all(|group| {
+                    group.leader != 0
+                        && group.raft_voters.len() == replicas
+                        && group.replicas.iter().all(|replica| replica.lag == 0)
+                });
+        if done {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cluster did not reach {replicas} replicas: {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The node whose replica of `group` believes it leads. An isolated old leader
+/// may still believe so; callers that cut one off pass it as `excluded`.
+fn leader_of(nodes: &[TestNode], group: u32) -> Option<NodeId> {
+    leader_excluding(nodes, group, None)
+}
+
+fn leader_excluding(nodes: &[TestNode], group: u32, excluded: Option<NodeId>) -> Option<NodeId> {
+    nodes
+        .iter()
+        .filter(|node| Some(node.id()) != excluded)
+        .find_map(|node| {
+            let replica = node.state.cluster.replica(group)?;
+            let metrics = replica.raft.metrics().borrow().clone();
+            (metrics.state == openraft::ServerState::Leader).then_some(node.id())
+        })
+}
+
+fn node(nodes: &[TestNode], id: NodeId) -> &TestNode {
+    nodes.iter().find(|node| node.id() == id).expect("node id")
+}
+
+fn applied(node: &TestNode, group: u32) -> u64 {
+    node.state
+        .cluster
+        .replica(group)
+        .and_then(|replica| {
+            replica
+                .raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map(|log_id| log_id.index)
+        })
+        .unwrap_or(0)
+}
+
+fn write_request(key: &str, round: usize) -> api::WriteRequest {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/pprof/go/cpu.pb.gz");
+    api::WriteRequest {
+        idempotency_key: key.into(),
+        series: vec![api::SeriesWrite {
+            labels: vec![
+                api::Label {
+                    name: "service".into(),
+                    value: "faults".into(),
+                },
+                api::Label {
+                    name: "round".into(),
+                    value: round.to_string(),
+                },
+            ],
+            profiles: vec![api::RawProfile {
+                pprof: std::fs::read(path).expect("shared Go profile"),
+                name: String::new(),
+                default_time_unix_nanos: 0,
+                delta: None,
+            }],
+        }],
+    }
+}
+
+fn series_count(node: &TestNode) -> usize {
+    let request = api::SeriesRequest {
+        selection: Some(api::Selection {
+            selector: "{service=\"faults\"}".into(),
+            start_unix_ms: 0,
+            end_unix_ms: 0,
+        }),
+        options: None,
+    };
+    // Answered by the engines of this node's own replicas only (no fan-out).
+    node.state
+        .cluster
+        .replicas()
+        .into_iter()
+        .filter_map(|replica| replica.engine.clone())
+        .map(|engine| engine.series(&request).expect("series").series.len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn election_isolated_leader_is_replaced_and_rejoins_after_heal() {
+    let nodes = start_cluster(3).await;
+    let old_leader = leader_of(&nodes, 1).expect("group 1 has a leader");
+    for each in &nodes {
+        each.state.cluster.faults.isolate(old_leader);
+    }
+    let others: Vec<&TestNode> = nodes.iter().filter(|each| each.id() != old_leader).collect();
+    wait_for("a new leader of group 1 among the others", || {
+        leader_excluding(&nodes, 1, Some(old_leader)).is_some()
+    })
+    .await;
+    let new_leader = leader_excluding(&nodes, 1, Some(old_leader)).expect("leader");
+    // The majority side takes writes while the old leader is cut off.
+    let answer = others[0]
+        .state
+        .cluster
+        .write(write_request("election-1", 1))
+        .await
+        .expect("write on the majority side");
+    assert!(!answer.duplicate);
+    for each in &nodes {
+        each.state.cluster.faults.heal();
+    }
+    let target = applied(node(&nodes, new_leader), 1);
+    wait_for("the old leader to follow and catch up", || {
+        let replica = node(&nodes, old_leader)
+            .state
+            .cluster
+            .replica(1)
+            .expect("replica");
+        let metrics = replica.raft.metrics().borrow().clone();
+        metrics.state == openraft::ServerState::Follower
+            && metrics.current_leader == Some(new_leader)
+            && applied(node(&nodes, old_leader), 1) >= target
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replication_every_replica_applies_every_acknowledged_write_even_with_delay() {
+    let nodes = start_cluster(3).await;
+    for each in &nodes {
+        each.state.cluster.faults.delay_all(Duration::from_millis(20));
+    }
+    for round in 0..10 {
+        nodes[round % 3]
+            .state
+            .cluster
+            .write(write_request(&format!("replication-{round}"), round))
+            .await
+            .expect("write");
+    }
+    for each in &nodes {
+        each.state.cluster.faults.heal();
+    }
+    for group in [1, 2] {
+        let leader = leader_of(&nodes, group).expect("leader");
+        let target = applied(node(&nodes, leader), group);
+        wait_for(&format!("every replica of group {group} to apply"), || {
+            nodes.iter().all(|each| applied(each, group) >= target)
+        })
+        .await;
+    }
+    for each in &nodes {
+        assert_eq!(series_count(each), 10 * 2, "node {} misses series", each.id());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_lagging_replica_catches_up_by_installing_a_snapshot() {
+    let nodes = start_cluster(3).await;
+    let leader = leader_of(&nodes, 1).expect("leader");
+    let lagging = nodes
+        .iter()
+        .find(|each| each.id() != leader)
+        .expect("a follower")
+        .id();
+    for each in &nodes {
+        each.state.cluster.faults.isolate_group_replica(1, lagging);
+    }
+    for round in 0..12 {
+        node(&nodes, leader)
+            .state
+            .cluster
+            .write(write_request(&format!("snapshot-{round}"), round))
+            .await
+            .expect("write while one replica lags");
+    }
+    // Snapshot and purge on the leader: the log the lagging replica needs is gone.
+    let leader_replica = node(&nodes, leader).state.cluster.replica(1).expect("replica");
+    let applied_on_leader = applied(node(&nodes, leader), 1);
+    leader_replica.raft.trigger().snapshot().await.expect("snapshot");
+    leader_replica
+        .raft
+        .wait(Some(DEADLINE))
+        .metrics(
+            |metrics| {
+                metrics
+                    .snapshot
+                    .is_some_and(|log_id| log_id.index >= applied_on_leader)
+            },
+            "snapshot built",
+        )
+        .await
+        .expect("snapshot built");
+    leader_replica
+        .raft
+        .trigger()
+        .purge_log(applied_on_leader)
+        .await
+        .expect("purge");
+    wait_for("the leader to purge its log", || {
+        leader_replica
+            .raft
+            .metrics()
+            .borrow()
+            .purged
+            .is_some_and(|log_id| log_id.index >= applied_on_leader)
+    })
+    .await;
+    let installs_before = node(&nodes, lagging).state.metrics.snapshot_installs.get();
+    for each in &nodes {
+        each.state.cluster.faults.heal();
+    }
+    wait_for("the lagging replica to catch up", || {
+        applied(node(&nodes, lagging), 1) >= applied_on_leader
+    })
+    .await;
+    assert!(
+        node(&nodes, lagging).state.metrics.snapshot_installs.get() > installs_before,
+        "the lagging replica caught up without a snapshot"
+    );
+    // Its own engine now answers like the leader's.
+    let query = |id: NodeId| {
+        let engine = node(&nodes, id)
+            .state
+            .cluster
+            .replica(1)
+            .expect("replica")
+            .engine
+            .clone()
+            .expect("engine");
+        engine
+            .series(&api::SeriesRequest {
+                selection: None,
+                options: None,
+            })
+            .expect("series")
+            .series
+    };
+    assert_eq!(query(lagging), query(leader));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_new_node_becomes_a_voter() {
+    let mut nodes = start_cluster(3).await;
+    let seed = nodes[0].state.cluster.config().advertise_address.clone();
+    nodes.push(start_node(Some(seed)).await);
+    let newcomer = nodes[3].id();
+    wait_for("the new node to become a voter of a data group", || {
+        [1, 2].iter().any(|group| {
+            leader_of(&nodes, *group).is_some_and(|leader| {
+                node(&nodes, leader)
+                    .state
+                    .cluster
+                    .replica(*group)
+                    .is_some_and(|replica| {
+                        replica
+                            .raft
+                            .metrics()
+                            .borrow()
+                            .membership_config
+                            .membership()
+                            .voter_ids()
+                            .any(|voter| voter == newcomer)
+                    })
+            })
+        })
+    })
+    .await;
+    wait_replicated(&nodes, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partition_of_one_group_spares_the_other_groups() {
+    let nodes = start_cluster(3).await;
+    // The reconciler spreads leaders; wait until it has nothing left to move, so
+    // that no election it starts is mistaken for one the partition caused.
+    wait_for(
+        "leaders of groups 1 and 2 on different nodes",
+        || matches!((leader_of(&nodes, 1), leader_of(&nodes, 2)), (Some(one), Some(two)) if one != two),
+    )
+    .await;
+    // Cut one group's leader off in that group only.
+    let leader_1 = leader_of(&nodes, 1).expect("leader of 1");
+    let leader_2 = leader_of(&nodes, 2).expect("leader of 2");
+    let term_2 = node(&nodes, leader_2)
+        .state
+        .cluster
+        .replica(2)
+        .expect("replica")
+        .raft
+        .metrics()
+        .borrow()
+        .current_term;
+    for each in &nodes {
+        each.state.cluster.faults.isolate_group_replica(1, leader_1);
+    }
+    wait_for("group 1 to elect another leader", || {
+        leader_excluding(&nodes, 1, Some(leader_1)).is_some()
+    })
+    .await;
+    let still = node(&nodes, leader_2).state.cluster.replica(2).expect("replica");
+    let metrics = still.raft.metrics().borrow().clone();
+    assert_eq!(
+        metrics.state,
+        openraft::ServerState::Leader,
+        "group 2 lost its leader"
+    );
+    assert_eq!(metrics.current_term, term_2, "group 2 held an election");
+    for each in &nodes {
+        each.state.cluster.faults.heal();
+    }
+}
