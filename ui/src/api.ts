@@ -107,12 +107,25 @@ export class ApiError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    /** The gRPC code name the node gave, e.g. `Unavailable`. */
+    readonly code = '',
   ) {
     super(message);
   }
 }
 
 type Params = Record<string, string | number | undefined>;
+
+const flag = (on: boolean) => (on ? 'true' : undefined);
+
+/** Says which shard groups are missing from an answer, or '' when it is complete. */
+export function coverageWarning(coverage: Coverage | undefined): string {
+  const missing = coverage?.missing ?? [];
+  if (!missing.length) return '';
+  return `Partial answer: ${missing.length} of ${coverage?.groupsTotal ?? '?'} shard groups missing (${missing
+    .map((group) => `group ${group.groupId}: ${group.reason}`)
+    .join('; ')})`;
+}
 
 function url(path: string, params: Params = {}): string {
   const query = new URLSearchParams();
@@ -127,13 +140,15 @@ async function request(path: string, params: Params, signal?: AbortSignal): Prom
   const response = await fetch(url(path, params), { signal });
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
+    let code = '';
     try {
       const body = await response.json();
       if (body && typeof body.error === 'string') message = body.error;
+      if (body && typeof body.code === 'string') code = body.code;
     } catch {
       // Not JSON: keep the status line.
     }
-    throw new ApiError(response.status, message);
+    throw new ApiError(response.status, message, code);
   }
   return response;
 }
@@ -151,20 +166,21 @@ export const api = {
     json<{ values: string[] }>(`/api/v1/labels/${encodeURIComponent(name)}/values`, { selector, from, to }).then(
       (answer) => answer.values,
     ),
-  mergeTree: (selector: string, from: string, to: string, signal?: AbortSignal) =>
-    json<MergeResult>('/api/v1/query/merge', { selector, from, to, format: 'tree' }, signal),
-  mergeTop: (selector: string, from: string, to: string, signal?: AbortSignal) =>
-    json<MergeResult>('/api/v1/query/merge', { selector, from, to, format: 'top' }, signal),
-  range: (selector: string, from: string, to: string, sumBy: string, signal?: AbortSignal) =>
-    json<RangeResult>('/api/v1/query/range', { selector, from, to, sum_by: sumBy }, signal),
+  mergeTree: (selector: string, from: string, to: string, partial: boolean, signal?: AbortSignal) =>
+    json<MergeResult>('/api/v1/query/merge', { selector, from, to, format: 'tree', partial: flag(partial) }, signal),
+  mergeTop: (selector: string, from: string, to: string, partial: boolean, signal?: AbortSignal) =>
+    json<MergeResult>('/api/v1/query/merge', { selector, from, to, format: 'top', partial: flag(partial) }, signal),
+  range: (selector: string, from: string, to: string, sumBy: string, partial: boolean, signal?: AbortSignal) =>
+    json<RangeResult>('/api/v1/query/range', { selector, from, to, sum_by: sumBy, partial: flag(partial) }, signal),
   diff: (
     a: { selector: string; from: string; to: string },
     b: { selector: string; from: string; to: string },
+    partial: boolean,
     signal?: AbortSignal,
   ) =>
     json<DiffResult>(
       '/api/v1/query/diff',
-      { a: a.selector, a_from: a.from, a_to: a.to, b: b.selector, b_from: b.from, b_to: b.to },
+      { a: a.selector, a_from: a.from, a_to: a.to, b: b.selector, b_from: b.from, b_to: b.to, partial: flag(partial) },
       signal,
     ),
   status: () => json<NodeStatus>('/api/v1/status'),

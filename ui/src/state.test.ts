@@ -12,6 +12,7 @@ describe('URL state', () => {
       search: 'crypto/sha256.block',
       zoom: ['main.main', 'main.generateReport'],
       fn: 'runtime.mallocgc',
+      partial: true,
     };
     const text = serializeState(state);
     expect(parseState(text)).toEqual(state);
@@ -71,5 +72,17 @@ describe('value formatting', () => {
     expect(formatValue(1536, 'bytes')).toBe('1.5 KiB');
     expect(formatValue(0, 'count')).toBe('0');
     expect(formatValue(12_500, 'count')).toBe('12.5k');
+  });
+});
+
+import { coverageWarning } from './api';
+
+describe('coverage', () => {
+  it('names the missing shard groups of a partial answer', () => {
+    expect(coverageWarning({ groupsTotal: 8, missing: [] })).toBe('');
+    expect(coverageWarning(undefined)).toBe('');
+    expect(coverageWarning({ groupsTotal: 8, missing: [{ groupId: 5, reason: 'no quorum' }] })).toBe(
+      'Partial answer: 1 of 8 shard groups missing (group 5: no quorum)',
+    );
   });
 });

@@ -3,6 +3,7 @@
 // Explore:  ?type=ID&q=MATCHERS&from=&to=&by=LABELS&search=TEXT&zoom=F1;F2&fn=FUNCTION
 // Compare:  ?view=compare&type=ID&a=MATCHERS&a_from=&a_to=&b=MATCHERS&b_from=&b_to=&search=&zoom=
 // Status:   ?view=status
+// Either query view: &partial=1 asks for partial answers when shard groups are missing.
 // Times are what the API takes (`now`, `-1h`, unix milliseconds, RFC 3339).
 
 export type View = 'explore' | 'compare' | 'status';
@@ -31,6 +32,8 @@ export interface AppState {
   zoom: string[];
   /** A function the flame graph is focused on (merged over call sites). */
   fn: string;
+  /** Ask for partial answers when some shard groups cannot answer (`partial=1`). */
+  partial: boolean;
 }
 
 export const DEFAULT_RANGE: Range = { from: '-1h', to: 'now' };
@@ -49,6 +52,7 @@ export function defaultState(): AppState {
     search: '',
     zoom: [],
     fn: '',
+    partial: false,
   };
 }
 
@@ -77,6 +81,7 @@ export function parseState(search: string): AppState {
   const zoom = params.get('zoom');
   state.zoom = zoom ? zoom.split(';') : [];
   state.fn = params.get('fn') ?? '';
+  state.partial = params.get('partial') === '1';
   return state;
 }
 
@@ -105,6 +110,7 @@ export function serializeState(state: AppState): string {
     put('search', state.search);
     if (state.zoom.length) params.set('zoom', state.zoom.join(';'));
     put('fn', state.fn);
+    if (state.partial) params.set('partial', '1');
   }
   const text = params.toString();
   return text ? `?${text}` : '';

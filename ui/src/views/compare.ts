@@ -1,10 +1,10 @@
 // Compare: selections A and B side by side (label sets and/or time ranges), the diff flame graph
 // coloured by relative change, and the biggest regressions and improvements.
 
-import { api, type RangeResult } from '../api';
+import { api, coverageWarning, type RangeResult } from '../api';
 import type { App } from '../main';
 import { type AppState, type Range, resolveTime, selectorOf } from '../state';
-import { errorBox, h } from './dom';
+import { h, queryError } from './dom';
 import { MetricsChart } from './metrics';
 import { ProfilePanel } from './profile';
 import { MatcherInput, TimeRangePicker, TypePicker, defaultType } from './querybar';
@@ -110,11 +110,13 @@ export class CompareView {
       const a = { selector: selectorOf(type, state.a), ...state.aRange };
       const b = { selector: selectorOf(type, state.b), ...state.bRange };
       const [rangeA, rangeB, diff] = await Promise.all([
-        api.range(a.selector, a.from, a.to, '', signal),
-        api.range(b.selector, b.from, b.to, '', signal),
-        api.diff(a, b, signal),
+        api.range(a.selector, a.from, a.to, '', state.partial, signal),
+        api.range(b.selector, b.from, b.to, '', state.partial, signal),
+        api.diff(a, b, state.partial, signal),
       ]);
       if (signal.aborted) return;
+      const warning = coverageWarning(diff.coverage);
+      if (warning) this.messages.append(h('div', { class: 'warning', role: 'status' }, warning));
       const show = (side: Side, range: RangeResult, window: Range) => {
         const resolved = resolve(window);
         side.chart.set(range, resolved.fromMs, resolved.toMs);
@@ -125,7 +127,7 @@ export class CompareView {
       this.app.loaded();
     } catch (error) {
       if (signal.aborted) return;
-      this.messages.append(errorBox(error instanceof Error ? error.message : String(error), () => void this.load(this.app.state)));
+      this.messages.append(queryError(error, this.app, () => void this.load(this.app.state)));
       this.app.loaded();
     }
   }

@@ -1,5 +1,8 @@
 // Small DOM helpers.
 
+import { ApiError } from '../api';
+import type { AppState } from '../state';
+
 type Attributes = Record<string, string | number | boolean | undefined | ((event: Event) => void)>;
 
 /** Creates an element with attributes (`on*` keys become listeners) and children. */
@@ -45,4 +48,20 @@ export function errorBox(message: string, retry?: () => void): HTMLElement {
     message,
     retry ? h('button', { type: 'button', class: 'retry', onclick: retry }, 'Retry') : null,
   );
+}
+
+/**
+ * The error box of a failed query: Retry, and when shard groups could not answer (503 Unavailable),
+ * a button that asks for partial answers (`partial=1` in the URL) instead.
+ */
+export function queryError(
+  error: unknown,
+  app: { state: AppState; update(changes: Partial<AppState>, reload: boolean): void },
+  retry: () => void,
+): HTMLElement {
+  const box = errorBox(error instanceof Error ? error.message : String(error), retry);
+  if (error instanceof ApiError && error.status === 503 && !app.state.partial) {
+    box.append(h('button', { type: 'button', class: 'partial', onclick: () => app.update({ partial: true }, true) }, 'Show partial results'));
+  }
+  return box;
 }

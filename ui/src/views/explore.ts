@@ -1,9 +1,9 @@
 // Explore: query bar, metrics graph with brush, flame graph and top table of the merged selection.
 
-import { api } from '../api';
+import { api, coverageWarning } from '../api';
 import type { App } from '../main';
 import { type AppState, resolveTime, selectorOf } from '../state';
-import { errorBox, h } from './dom';
+import { h, queryError } from './dom';
 import { MetricsChart } from './metrics';
 import { ProfilePanel } from './profile';
 import { MatcherInput, TimeRangePicker, TypePicker, defaultType } from './querybar';
@@ -108,18 +108,20 @@ export class ExploreView {
       );
       const signal = controller.signal;
       const [range, tree, top] = await Promise.all([
-        api.range(selector, state.range.from, state.range.to, state.sumBy, signal),
-        api.mergeTree(selector, state.range.from, state.range.to, signal),
-        api.mergeTop(selector, state.range.from, state.range.to, signal),
+        api.range(selector, state.range.from, state.range.to, state.sumBy, state.partial, signal),
+        api.mergeTree(selector, state.range.from, state.range.to, state.partial, signal),
+        api.mergeTop(selector, state.range.from, state.range.to, state.partial, signal),
       ]);
       if (signal.aborted) return;
+      const warning = coverageWarning(tree.coverage) || coverageWarning(range.coverage);
+      if (warning) this.messages.append(h('div', { class: 'warning', role: 'status' }, warning));
       this.chart.set(range, fromMs, toMs);
       tree.top = top.top;
       this.panel.showMerge(tree, { fromMs, toMs }, selector, { search: state.search, zoom: state.zoom, fn: state.fn });
       this.app.loaded();
     } catch (error) {
       if (controller.signal.aborted) return;
-      this.messages.append(errorBox(error instanceof Error ? error.message : String(error), () => void this.load(this.app.state)));
+      this.messages.append(queryError(error, this.app, () => void this.load(this.app.state)));
       this.app.loaded();
     }
   }
