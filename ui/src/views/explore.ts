@@ -83,8 +83,19 @@ export class ExploreView {
         type = defaultType(types);
         if (!type) {
           this.types.set([], '');
+          const widen = (from: string, label: string) =>
+            h('button', { type: 'button', onclick: () => this.app.update({ range: { from, to: 'now' } }, true) }, label);
           this.messages.append(
-            h('div', { class: 'empty' }, 'No profiles in this time range. Widen the range, or send some: ', h('code', {}, 'kiln ingest cpu.pb.gz --label service=api')),
+            h(
+              'div',
+              { class: 'empty' },
+              'No profiles in this time range. ',
+              widen('-24h', 'Last 24 hours'),
+              ' ',
+              widen('-7d', 'Last 7 days'),
+              ' — or send some: ',
+              h('code', {}, 'kiln ingest cpu.pb.gz --label service=api'),
+            ),
           );
           this.app.loaded();
           return;

@@ -86,7 +86,21 @@ export class ProfilePanel {
     if (mode === 'merge') {
       this.table = new TopTable((name) => this.focusFunction(name));
       this.diffTables = null;
-      this.element = h('div', { class: 'profile-panel' }, this.summary, h('div', { class: 'profile-split' }, this.table.element, flameColumn));
+      const split = h('div', { class: 'profile-split' }, this.table.element, flameColumn);
+      const layout = h(
+        'select',
+        { class: 'layout', 'aria-label': 'layout' },
+        h('option', { value: 'both' }, 'Table and flame graph'),
+        h('option', { value: 'flame' }, 'Flame graph'),
+        h('option', { value: 'table' }, 'Top table'),
+      );
+      layout.value = localStorage.getItem('kiln.layout') ?? 'both';
+      split.dataset.layout = layout.value;
+      layout.addEventListener('change', () => {
+        split.dataset.layout = layout.value;
+        localStorage.setItem('kiln.layout', layout.value);
+      });
+      this.element = h('div', { class: 'profile-panel' }, h('div', { class: 'panel-head' }, this.summary, layout), split);
     } else {
       this.table = null;
       this.diffTables = h('div', { class: 'diff-tables' });
