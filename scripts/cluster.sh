@@ -18,6 +18,7 @@ cluster_dir="${KILN_CLUSTER_DIR:-./kiln-cluster}"
 base_port="${KILN_CLUSTER_BASE_PORT:-7070}"
 if [ -z "${KILN_BIN_DIR:-}" ]; then
     install_missing_packages clang libclang-dev
+    build_ui
     cargo build --release -p kiln-node -p kiln-client
     KILN_BIN_DIR="$CARGO_TARGET_DIR/release"
 fi

@@ -8,10 +8,10 @@
 //! The table is fetched again when a leader cannot be reached and at least every
 //! 30 seconds, which is how leader changes reach the client.
 //!
-//! Idempotency: each part's key is the batch key plus the group id, a pure
-//! function of the batch (slots never change group without a metadata change), so
-//! a retried batch is stored once per group even when the first attempt stored
-//! only some parts.
+//! Idempotency: every part carries the batch's own key. Nodes deduplicate each
+//! pprof payload by (key, labels, payload), so a retried batch is stored exactly
+//! once however it travels the second time: split or whole, routed or forwarded,
+//! even when the first attempt stored only some parts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -152,10 +152,7 @@ impl RoutingClient {
             let key = key.clone();
             async move {
                 let part = proto::WriteRequest {
-                    idempotency_key: match group {
-                        Some(group) => format!("{key}/g{group}"),
-                        None => format!("{key}/g-"),
-                    },
+                    idempotency_key: key,
                     series,
                 };
                 let leader = group.and_then(|group| table.leaders.get(&group).cloned());

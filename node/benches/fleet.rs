@@ -41,8 +41,9 @@ use kiln_node::{LocalGroup, NodeConfig, LOCAL_GROUP};
 use kiln_proto::kiln::v1 as api;
 use prost::Message;
 
-use support::generator::{generate_profiles, Fleet, FleetSpec, GeneratedProfile};
+use support::generator::{generate_profiles, Fleet, FleetSpec};
 use support::report::{self, bytes, count, millis, percentile, rate, Table};
+use support::workload::{build_requests, merge_request, ProfileMeta, Totals};
 
 /// How big a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,95 +113,6 @@ impl Settings {
             data_parent: std::env::var_os("KILN_BENCH_DIR").map(PathBuf::from),
         }
     }
-}
-
-/// What one generated profile holds, once its bytes went into a request.
-#[derive(Debug, Clone, Copy)]
-struct ProfileMeta {
-    series: u32,
-    samples: u32,
-    ticks: u32,
-    frames: u64,
-    raw_bytes: u32,
-    gzipped_bytes: u32,
-}
-
-/// Totals of a set of profiles.
-#[derive(Debug, Clone, Copy, Default)]
-struct Totals {
-    profiles: u64,
-    samples: u64,
-    ticks: u64,
-    frames: u64,
-    raw_bytes: u64,
-    gzipped_bytes: u64,
-}
-
-impl Totals {
-    fn of<'a>(profiles: impl IntoIterator<Item = &'a ProfileMeta>) -> Totals {
-        let mut totals = Totals::default();
-        for profile in profiles {
-            totals.profiles += 1;
-            totals.samples += u64::from(profile.samples);
-            totals.ticks += u64::from(profile.ticks);
-            totals.frames += profile.frames;
-            totals.raw_bytes += u64::from(profile.raw_bytes);
-            totals.gzipped_bytes += u64::from(profile.gzipped_bytes);
-        }
-        totals
-    }
-}
-
-/// Groups profiles (sorted by tick, then series) into write requests of at most
-/// `batch` profiles of one tick, as an agent sends the profiles of its host's
-/// processes every interval.
-fn build_requests(
-    fleet: &Fleet,
-    profiles: Vec<GeneratedProfile>,
-    batch: usize,
-) -> (Vec<api::WriteRequest>, Vec<ProfileMeta>) {
-    let mut requests: Vec<api::WriteRequest> = Vec::new();
-    let mut metas = Vec::with_capacity(profiles.len());
-    let mut current_tick = u32::MAX;
-    for profile in profiles {
-        metas.push(ProfileMeta {
-            series: profile.series,
-            samples: profile.samples,
-            ticks: profile.ticks,
-            frames: profile.frames,
-            raw_bytes: profile.raw_bytes,
-            gzipped_bytes: profile.gzipped.len() as u32,
-        });
-        let full = requests
-            .last()
-            .is_none_or(|request| request.series.len() >= batch.max(1));
-        if profile.tick != current_tick || full {
-            current_tick = profile.tick;
-            requests.push(api::WriteRequest {
-                idempotency_key: format!("fleet-bench-{}-{}", profile.tick, requests.len()),
-                series: Vec::new(),
-            });
-        }
-        let labels = fleet.series[profile.series as usize]
-            .labels
-            .iter()
-            .map(|(name, value)| api::Label {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect();
-        let request = requests.last_mut().expect("a request was just pushed");
-        request.series.push(api::SeriesWrite {
-            labels,
-            profiles: vec![api::RawProfile {
-                pprof: profile.gzipped,
-                name: "process_cpu".into(),
-                default_time_unix_nanos: 0,
-                delta: None,
-            }],
-        });
-    }
-    (requests, metas)
 }
 
 /// What the ingest phase measured.
@@ -310,24 +222,6 @@ fn sst_bytes(state: &LocalGroup) -> Vec<(&'static str, u64)> {
             (*name, size)
         })
         .collect()
-}
-
-/// The merge the benchmark times: one zone (a third of the series), the whole
-/// simulated range, as a full stack tree.
-fn merge_request(spec: &FleetSpec) -> api::MergeRequest {
-    let start_unix_ms = spec.start_unix_nanos / 1_000_000;
-    api::MergeRequest {
-        selection: Some(api::Selection {
-            selector: format!(
-                "process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta{{zone=\"{}\"}}",
-                FleetSpec::zone_name(0)
-            ),
-            start_unix_ms,
-            end_unix_ms: start_unix_ms + spec.duration_secs as i64 * 1000,
-        }),
-        format: api::MergeFormat::Tree as i32,
-        ..Default::default()
-    }
 }
 
 /// What a series of merges measured.

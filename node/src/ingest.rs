@@ -47,6 +47,11 @@ pub struct PreparedProfile {
     /// Which pprof of the request this came from (index into
     /// [`PreparedWrite::pprof_symbols`]).
     pub pprof: u32,
+    /// Identity of the pprof payload for deduplication: a hash of the batch's
+    /// idempotency key, the labels, the profile name and options and the payload
+    /// bytes. The same payload sent again under the same key (a retry, by any path,
+    /// whole or split) has the same `dedup_key`, so each group stores it once.
+    pub dedup_key: String,
 }
 
 /// A validated write, ready for the writer thread. Serializable because it is what
@@ -115,6 +120,31 @@ impl PreparedWrite {
     }
 }
 
+/// The deduplication identity of one raw profile of a batch (see
+/// [`PreparedProfile::dedup_key`]): 128-bit XXH3, hex, with every part length-
+/// prefixed so that no two different inputs encode the same.
+fn payload_dedup_key(idempotency_key: &str, labels: &LabelSet, raw: &api::RawProfile) -> String {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut part = |bytes: &[u8]| {
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    part(idempotency_key.as_bytes());
+    for (name, value) in labels.pairs() {
+        part(name.as_bytes());
+        part(value.as_bytes());
+    }
+    part(raw.name.as_bytes());
+    part(&raw.default_time_unix_nanos.to_le_bytes());
+    part(&[match raw.delta {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    }]);
+    part(&raw.pprof);
+    format!("{:032x}", hasher.digest128())
+}
+
 /// Validates and encodes a whole write request. Any invalid part rejects the whole
 /// request, so nothing of a bad batch is stored.
 pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeError> {
@@ -171,6 +201,7 @@ pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeEr
                 used_symbols.push(index);
             }
             let pprof = prepared.pprof_symbols.len() as u32;
+            let dedup_key = payload_dedup_key(&prepared.idempotency_key, &labels, &raw);
             prepared.pprof_symbols.push(used_symbols);
             // Aggregate samples by stack: pprof may repeat a stack (with other sample labels).
             let mut stack_index: HashMap<u64, u32, ContentIdHash> = HashMap::default();
@@ -212,6 +243,7 @@ pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeEr
                     stacks: stacks.clone(),
                     values,
                     pprof,
+                    dedup_key: dedup_key.clone(),
                 });
             }
             prepared.pprof_count += 1;

@@ -407,7 +407,22 @@ impl WriterState {
         write: PreparedWrite,
         keys_in_batch: &mut HashSet<String>,
     ) -> Result<WriteOutcome, NodeError> {
-        if keys_in_batch.contains(&write.idempotency_key) || self.is_stored_key(&write.idempotency_key)? {
+        // Deduplication is per pprof payload (its `dedup_key`: batch key + labels +
+        // payload), not per request: a batch may reach a group whole or in parts,
+        // directly or forwarded, and a retry must store each payload once whatever
+        // the path.
+        let mut fresh_payloads: HashSet<&str> = HashSet::new();
+        let mut seen_payloads: HashSet<&str> = HashSet::new();
+        for profile in &write.profiles {
+            let key = profile.dedup_key.as_str();
+            if !seen_payloads.insert(key) {
+                continue;
+            }
+            if !keys_in_batch.contains(key) && !self.is_stored_key(key)? {
+                fresh_payloads.insert(key);
+            }
+        }
+        if fresh_payloads.is_empty() {
             return Ok(WriteOutcome {
                 duplicate: true,
                 ..WriteOutcome::default()
@@ -434,7 +449,14 @@ impl WriterState {
         }
         let mut series_written = HashSet::new();
         let mut profile_types = Vec::new();
+        let mut samples_written = 0u64;
+        let mut pprofs_written: HashSet<u32> = HashSet::new();
         for profile in &write.profiles {
+            if !fresh_payloads.contains(profile.dedup_key.as_str()) {
+                continue;
+            }
+            samples_written += profile.values.len() as u64;
+            pprofs_written.insert(profile.pprof);
             let ordinal = self.ordinal_for(batch, profile)?;
             series_written.insert(ordinal);
             let type_id = profile.profile_type.id();
@@ -475,16 +497,15 @@ impl WriterState {
                 );
             }
         }
-        batch.put_cf(
-            meta_cf,
-            keys::idempotency_key(self.group, &write.idempotency_key),
-            now_unix_ms().to_be_bytes(),
-        );
-        keys_in_batch.insert(write.idempotency_key);
+        let stored_at = now_unix_ms().to_be_bytes();
+        for key in &fresh_payloads {
+            batch.put_cf(meta_cf, keys::idempotency_key(self.group, key), stored_at);
+            keys_in_batch.insert((*key).to_string());
+        }
         Ok(WriteOutcome {
             duplicate: false,
-            profiles: write.pprof_count,
-            samples: write.sample_count,
+            profiles: pprofs_written.len() as u64,
+            samples: samples_written,
             series: series_written.len() as u64,
             profile_types,
         })

@@ -1,0 +1,376 @@
+//! The cluster benchmark: ingest and merge against real `kiln-node` processes on
+//! loopback, as ratios measured in one run.
+//!
+//! ```text
+//! cargo bench -p kiln-node --bench cluster                      # the run of record
+//! KILN_BENCH_QUICK=1 cargo bench -p kiln-node --bench cluster   # sanity run
+//! ```
+//!
+//! Three deployments get the same generated fleet (see `support/generator.rs`), one
+//! after the other, each on fresh data directories:
+//! - **1 node, 1 group**: the core issue's single node (one shard group, so no
+//!   fan-out; its writes now also go through a one-voter raft log);
+//! - **1 node, 8 groups**: the default single node (8 local groups, local fan-out);
+//! - **3 nodes, RF=3, 8 groups**: the cluster, every write on a quorum of synced logs.
+//!
+//! For each: the profiles are sent by several concurrent clients through the
+//! routing client (`kiln_client::RoutingClient`, as the CLI and agent do), and the
+//! acknowledged stack-samples per second are measured; then the merge of
+//! `support::workload::merge_request` is timed (median of several runs after one
+//! warm-up) through gRPC. All processes share this machine's cores, so the ratios
+//! are what matters. Overrides: `KILN_BENCH_SERIES`, `KILN_BENCH_MINUTES`,
+//! `KILN_BENCH_CLIENTS`, `KILN_BENCH_BATCH`, `KILN_BENCH_DIR`. Without `--bench`
+//! (as `cargo test --all-targets` runs it) it does a few-second smoke run.
+
+mod support;
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_client::{ConnectOptions, KilnClient, RoutingClient};
+use kiln_proto::kiln::v1 as api;
+
+use support::generator::{generate_profiles, Fleet, FleetSpec};
+use support::report::{self, count, millis, rate, Table};
+use support::workload::{build_requests, merge_request, Totals};
+
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// A running `kiln-node`.
+struct NodeProcess {
+    child: Child,
+    address: String,
+}
+
+impl NodeProcess {
+    fn start(data_dir: &Path, listen: &str, extra: &[String]) -> NodeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-node"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", listen])
+            .args(extra)
+            .env("KILN_LOG", "warn,openraft=error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn kiln-node");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(address) = line.strip_prefix("listening on ") {
+                    let _ = sender.send(address.to_string());
+                }
+            }
+        });
+        let address = receiver
+            .recv_timeout(Duration::from_secs(120))
+            .expect("kiln-node did not start within 120 s");
+        NodeProcess { child, address }
+    }
+
+    /// User + system CPU seconds the process used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else {
+            return 0.0;
+        };
+        // Fields after the command name (which may hold spaces) start after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            return 0.0;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|index| fields.get(*index).and_then(|field| field.parse::<f64>().ok()))
+            .sum();
+        ticks / 100.0
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").to_string()
+}
+
+/// Starts `nodes` processes (the first bootstraps, the others join it) with
+/// `groups` data groups and waits until every group has `min(3, nodes)` voters,
+/// caught up, with leaders spread.
+fn start_deployment(parent: &Path, nodes: usize, groups: u32) -> Vec<NodeProcess> {
+    let mut processes: Vec<NodeProcess> = Vec::new();
+    for index in 0..nodes {
+        let mut flags = vec!["--groups".to_string(), groups.to_string()];
+        if let Some(first) = processes.first() {
+            flags.extend(["--join".to_string(), first.address.clone()]);
+        }
+        let directory = parent.join(format!("node{index}"));
+        processes.push(NodeProcess::start(&directory, &free_address(), &flags));
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _inside = runtime.enter();
+    let client = KilnClient::connect_lazy(&processes[0].address, ConnectOptions::default()).expect("client");
+    let replicas = nodes.min(3);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Ok(status) = runtime.block_on(client.cluster_status()) {
+            let data: Vec<&api::GroupStatus> =
+                status.groups.iter().filter(|group| !group.is_metadata).collect();
+            let replicated = data.len() == groups as usize
+                && data.iter().all(|group| {
+                    group.leader != 0
+                        && group.raft_voters.len() == replicas
+                        && group.replicas.iter().all(|replica| replica.lag == 0)
+                });
+            let mut leading = vec![0usize; nodes + 1];
+            for group in &data {
+                if let Some(slot) = leading.get_mut(group.leader as usize) {
+                    *slot += 1;
+                }
+            }
+            let busiest = leading.iter().max().copied().unwrap_or(0);
+            let spread = busiest <= (groups as usize).div_ceil(nodes) + 1;
+            if replicated && spread {
+                return processes;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deployment did not settle within 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+struct Measured {
+    wall: Duration,
+    samples: u64,
+    profiles: u64,
+    node_cpu_seconds: f64,
+    merge_first: Duration,
+    merge_median: Duration,
+    merge_total: i64,
+}
+
+/// What every deployment is given.
+struct Workload<'a> {
+    requests: &'a [api::WriteRequest],
+    clients: usize,
+    merge: &'a api::MergeRequest,
+    merge_runs: usize,
+}
+
+fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload: &Workload) -> Measured {
+    let directory = parent.join(name.replace([' ', ','], "-"));
+    let processes = start_deployment(&directory, nodes, groups);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let seeds: Vec<String> = processes.iter().map(|process| process.address.clone()).collect();
+    let Workload {
+        requests,
+        clients,
+        merge,
+        merge_runs,
+    } = *workload;
+    let queue = Arc::new(Mutex::new(VecDeque::from(requests.to_vec())));
+    let cpu_before: f64 = processes.iter().map(NodeProcess::cpu_seconds).sum();
+    let started = Instant::now();
+    let outcomes: Vec<(u64, u64)> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..clients.max(1))
+            .map(|index| {
+                let queue = queue.clone();
+                // Clients spread their seed over the nodes, as agents of a fleet would.
+                let seed = seeds[index % seeds.len()].clone();
+                tokio::spawn(async move {
+                    let client =
+                        RoutingClient::new(&seed, ConnectOptions::default()).expect("routing client");
+                    let (mut profiles, mut samples) = (0u64, 0u64);
+                    loop {
+                        let Some(request) = queue.lock().expect("queue").pop_front() else {
+                            break;
+                        };
+                        let key = request.idempotency_key.clone();
+                        let response = client
+                            .write(request)
+                            .await
+                            .unwrap_or_else(|error| panic!("write {key} failed: {error}"));
+                        assert!(!response.duplicate, "write {key} was taken for a duplicate");
+                        profiles += response.profiles;
+                        samples += response.samples;
+                    }
+                    (profiles, samples)
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.expect("client task"));
+        }
+        outcomes
+    });
+    let wall = started.elapsed();
+    let node_cpu_seconds = processes.iter().map(NodeProcess::cpu_seconds).sum::<f64>() - cpu_before;
+    let _inside = runtime.enter();
+    let client = KilnClient::connect_lazy(&processes[0].address, ConnectOptions::default()).expect("client");
+    let timed = |request: &api::MergeRequest| {
+        let started = Instant::now();
+        let response = runtime.block_on(client.merge(request.clone())).expect("merge");
+        (started.elapsed(), response)
+    };
+    let (merge_first, first) = timed(merge);
+    let mut runs: Vec<Duration> = (0..merge_runs.max(1)).map(|_| timed(merge).0).collect();
+    runs.sort();
+    Measured {
+        wall,
+        samples: outcomes.iter().map(|(_, samples)| samples).sum(),
+        profiles: outcomes.iter().map(|(profiles, _)| profiles).sum(),
+        node_cpu_seconds,
+        merge_first,
+        merge_median: runs[runs.len() / 2],
+        merge_total: first.total,
+    }
+}
+
+fn main() {
+    let bench = std::env::args().any(|argument| argument == "--bench");
+    let quick = std::env::var("KILN_BENCH_QUICK").is_ok_and(|value| !value.is_empty() && value != "0");
+    let (series, minutes, merge_runs) = match (bench, quick) {
+        (false, _) => (6, 2, 1),
+        (true, true) => (30, 10, 3),
+        (true, false) => (100, 20, 7),
+    };
+    let spec = FleetSpec {
+        seed: 20250602,
+        services: 6,
+        series: env_number("KILN_BENCH_SERIES").unwrap_or(series),
+        zones: 3,
+        functions: if bench { 3000 } else { 600 },
+        stacks_per_service: if bench { 1500 } else { 150 },
+        duration_secs: env_number::<u64>("KILN_BENCH_MINUTES").unwrap_or(minutes) * 60,
+        interval_secs: 10,
+        start_unix_nanos: 1_748_855_850i64 * 1_000_000_000,
+        zipf_exponent: 1.1,
+        cores: (0.25, 2.0),
+    };
+    let clients: usize = env_number("KILN_BENCH_CLIENTS").unwrap_or(4);
+    let batch: usize = env_number("KILN_BENCH_BATCH").unwrap_or(8);
+    let threads = std::thread::available_parallelism()
+        .map(|count| count.get())
+        .unwrap_or(1);
+    println!(
+        "# Kiln cluster benchmark ({})",
+        if bench {
+            if quick {
+                "quick"
+            } else {
+                "full"
+            }
+        } else {
+            "smoke"
+        }
+    );
+    println!();
+    println!("- machine: {}", report::machine());
+    let fleet = Fleet::generate(spec.clone());
+    let profiles = generate_profiles(&fleet, threads);
+    let (requests, metas) = build_requests(&fleet, profiles, batch);
+    let totals = Totals::of(&metas);
+    println!(
+        "- workload: {} series x {} min every {} s = {} pprofs, {} stack-samples, in {} requests of <= {batch}; {clients} concurrent clients",
+        spec.series,
+        spec.duration_secs / 60,
+        spec.interval_secs,
+        count(totals.profiles),
+        count(totals.samples),
+        count(requests.len() as u64)
+    );
+    println!();
+    let parent = match std::env::var_os("KILN_BENCH_DIR").map(PathBuf::from) {
+        Some(parent) => tempfile::tempdir_in(parent),
+        None => tempfile::tempdir(),
+    }
+    .expect("temp dir");
+    let merge = merge_request(&spec);
+    let deployments: [(&str, usize, u32); 3] = [
+        ("1 node, 1 group", 1, 1),
+        ("1 node, 8 groups", 1, 8),
+        ("3 nodes RF=3, 8 groups", 3, 8),
+    ];
+    let mut results = Vec::new();
+    for (name, nodes, groups) in deployments {
+        let workload = Workload {
+            requests: &requests,
+            clients,
+            merge: &merge,
+            merge_runs,
+        };
+        let measured = run_deployment(name, parent.path(), nodes, groups, &workload);
+        assert_eq!(
+            measured.profiles, totals.profiles,
+            "{name}: not every profile was acknowledged"
+        );
+        results.push((name, measured));
+    }
+    let baseline_rate = results[0].1.samples as f64 / results[0].1.wall.as_secs_f64();
+    let baseline_merge = results[0].1.merge_median.as_secs_f64();
+    let mut table = Table::new(
+        "Ingest and merge per deployment (same run, same workload)",
+        &[
+            "deployment",
+            "wall",
+            "stack-samples/s",
+            "vs 1 node, 1 group",
+            "node CPU s",
+            "merge first",
+            "merge median",
+            "merge vs 1 group",
+        ],
+    );
+    for (name, measured) in &results {
+        let samples_rate = measured.samples as f64 / measured.wall.as_secs_f64();
+        table.row(&[
+            name.to_string(),
+            millis(measured.wall),
+            rate(samples_rate),
+            format!("{:.2}", samples_rate / baseline_rate),
+            format!("{:.1}", measured.node_cpu_seconds),
+            millis(measured.merge_first),
+            millis(measured.merge_median),
+            format!("{:.2}", measured.merge_median.as_secs_f64() / baseline_merge),
+        ]);
+    }
+    table.print();
+    // Every deployment must answer the same merge.
+    for (name, measured) in &results[1..] {
+        assert_eq!(
+            measured.merge_total, results[0].1.merge_total,
+            "{name} merged a different total than the single group"
+        );
+    }
+    println!(
+        "merge totals agree across deployments: {}",
+        results[0].1.merge_total
+    );
+}
