@@ -1,9 +1,9 @@
 //! [`RoutingClient`]: writes routed to shard-group leaders.
 //!
 //! The client keeps the cluster's routing table (hash slot -> group, group ->
-//! leader address), computes each profile's series hash from its labels and
-//! profile type (read from the pprof header only), and sends each group's part of
-//! a batch straight to that group's leader. Any node accepts any write and
+//! leader address), computes each series' routing hash from its labels (every
+//! profile type of a label set lives in one group, so no pprof is decoded here),
+//! and sends each group's part of a batch straight to that group's leader. Any node accepts any write and
 //! forwards what is not its own, so a stale table costs a hop, never a failure.
 //! The table is fetched again when a leader cannot be reached and at least every
 //! 30 seconds, which is how leader changes reach the client.
@@ -17,8 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_model::labels::{series_hash, LabelSet};
-use kiln_model::pprof::peek_profile_types;
+use kiln_model::labels::{routing_hash, LabelSet};
 use kiln_proto::kiln::v1 as proto;
 use parking_lot::{Mutex, RwLock};
 
@@ -112,18 +111,16 @@ impl RoutingClient {
         Ok(client)
     }
 
-    /// The group of one raw profile (from its first profile type), `None` when it
-    /// cannot be told (invalid labels or pprof: the node will say why).
-    fn group_of(table: &Table, labels: &[proto::Label], profile: &proto::RawProfile) -> Option<u32> {
+    /// The group of one series' label set, `None` when it cannot be told (invalid
+    /// labels: the node will say why).
+    fn group_of(table: &Table, labels: &[proto::Label]) -> Option<u32> {
         let labels = LabelSet::from_user_pairs(
             labels
                 .iter()
                 .map(|label| (label.name.clone(), label.value.clone())),
         )
         .ok()?;
-        let types = peek_profile_types(&profile.pprof, &profile.name, profile.delta).ok()?;
-        let first = types.first()?;
-        table.group_of(series_hash(first, &labels))
+        table.group_of(routing_hash(&labels))
     }
 
     /// Sends one batch, split by group, each part to its group's leader; answers
@@ -138,13 +135,8 @@ impl RoutingClient {
         // group (None: unknown) -> series of that part.
         let mut parts: BTreeMap<Option<u32>, Vec<proto::SeriesWrite>> = BTreeMap::new();
         for series in request.series {
-            for profile in series.profiles {
-                let group = Self::group_of(&table, &series.labels, &profile);
-                parts.entry(group).or_default().push(proto::SeriesWrite {
-                    labels: series.labels.clone(),
-                    profiles: vec![profile],
-                });
-            }
+            let group = Self::group_of(&table, &series.labels);
+            parts.entry(group).or_default().push(series);
         }
         let key = request.idempotency_key;
         let sends = parts.into_iter().map(|(group, series)| {

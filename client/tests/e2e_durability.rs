@@ -73,6 +73,9 @@ fn kill_9_during_ingest_loses_nothing_acknowledged() {
     let acknowledged: Arc<Mutex<Vec<u64>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let address = node.address.clone();
+    // Each write's profile time is fixed by its sequence number, so that a retry
+    // can resend exactly the bytes of the first attempt.
+    let base_nanos = now_nanos();
     let writers: Vec<_> = (0..4u64)
         .map(|writer| {
             let acknowledged = acknowledged.clone();
@@ -90,7 +93,11 @@ fn kill_9_during_ingest_loses_nothing_acknowledged() {
                     let request = write_request(
                         &format!("kill9-{sequence}"),
                         &[("writer", &writer.to_string()), ("seq", &sequence.to_string())],
-                        tiny_pprof(&sequence.to_string(), sequence as i64 + 1, now_nanos()),
+                        tiny_pprof(
+                            &sequence.to_string(),
+                            sequence as i64 + 1,
+                            base_nanos + sequence as i64,
+                        ),
                     );
                     match client.write(request).await {
                         Ok(_) => acknowledged.lock().expect("lock").push(sequence),
@@ -143,7 +150,8 @@ fn kill_9_during_ingest_loses_nothing_acknowledged() {
                     ("writer", &(first / 1_000_000).to_string()),
                     ("seq", &first.to_string()),
                 ],
-                tiny_pprof(&first.to_string(), first as i64 + 1, now_nanos()),
+                // The very same bytes: a retry resends its request unchanged.
+                tiny_pprof(&first.to_string(), first as i64 + 1, base_nanos + first as i64),
             ))
             .await
             .expect("retry")

@@ -4,7 +4,14 @@
 //! XXH3 (seed 0) of a canonical, length-prefixed encoding of the profile type id and
 //! the labels sorted by name. Every agent, client and node of every version computes
 //! the same value; [`tests::series_hash_test_vectors`] pins it. Changing
-//! [`series_hash`] is a breaking change of the storage format and of routing.
+//! [`series_hash`] is a breaking change of the storage format.
+//!
+//! The **routing hash** ([`routing_hash`]) is the same kind of hash over the label
+//! set alone. It picks a series' hash slot, and so its shard group: every profile
+//! type of one label set (the CPU samples and CPU time of one pprof, the heap and
+//! goroutine profiles of one process) lives in one group, where they share symbols
+//! and stacks, and a client routes a pprof without decoding it. Changing it is a
+//! breaking change of routing; [`tests::routing_hash_test_vectors`] pins it.
 
 use std::fmt;
 
@@ -190,9 +197,37 @@ pub fn series_hash(profile_type: &ProfileType, labels: &LabelSet) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&canonical_series_encoding(profile_type, labels))
 }
 
+/// The stable 64-bit routing hash of a label set: XXH3-64 (seed 0) of
+/// `"kiln.routing.v1"`, the label count and each name and value, every string
+/// prefixed by its length as a little-endian u32, labels in name order.
+pub fn routing_hash(labels: &LabelSet) -> u64 {
+    let mut buffer = Vec::with_capacity(32 + labels.len() * 32);
+    push_length_prefixed(&mut buffer, b"kiln.routing.v1");
+    buffer.extend_from_slice(&(labels.len() as u32).to_le_bytes());
+    for (name, value) in labels.pairs() {
+        push_length_prefixed(&mut buffer, name.as_bytes());
+        push_length_prefixed(&mut buffer, value.as_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_64(&buffer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routing_hash_test_vectors() {
+        // Pinned forever: clients and nodes of every version must route alike.
+        assert_eq!(routing_hash(&LabelSet::default()), PINNED_ROUTING_EMPTY);
+        let labels = LabelSet::from_user_pairs([("job", "api"), ("instance", "host-1:8080")]).unwrap();
+        assert_eq!(routing_hash(&labels), PINNED_ROUTING_JOB_INSTANCE);
+        let reordered = LabelSet::from_user_pairs([("instance", "host-1:8080"), ("job", "api")]).unwrap();
+        assert_eq!(routing_hash(&reordered), PINNED_ROUTING_JOB_INSTANCE);
+    }
+
+    // Also computed independently (Python `xxhash.xxh3_64` over the documented encoding).
+    const PINNED_ROUTING_EMPTY: u64 = 11_281_293_646_861_506_156;
+    const PINNED_ROUTING_JOB_INSTANCE: u64 = 0x70db_625c_0cb5_0c39;
 
     fn cpu() -> ProfileType {
         ProfileType::parse("process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta").unwrap()

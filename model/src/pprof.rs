@@ -155,58 +155,6 @@ pub fn decode_pprof(bytes: &[u8]) -> Result<ParsedProfile, PprofError> {
     validate_and_index(profile)
 }
 
-/// Just the header fields of a pprof that decide its profile types; prost skips
-/// the rest (samples, locations, functions) without allocating them.
-#[derive(Clone, PartialEq, prost::Message)]
-struct ProfileHeader {
-    #[prost(message, repeated, tag = "1")]
-    sample_type: Vec<wire::ValueType>,
-    #[prost(string, repeated, tag = "6")]
-    string_table: Vec<String>,
-    #[prost(int64, tag = "10")]
-    duration_nanos: i64,
-    #[prost(message, optional, tag = "11")]
-    period_type: Option<wire::ValueType>,
-}
-
-/// The profile types a pprof is stored as (one per sample type, in order), read
-/// from its header only: what a routing client needs to compute series hashes
-/// without paying for a full decode. `name` and `delta` override the inferred
-/// values as in a `RawProfile`. Agrees with [`decode_pprof`] +
-/// [`ParsedProfile::profile_types`] on every valid pprof.
-pub fn peek_profile_types(
-    bytes: &[u8],
-    name: &str,
-    delta: Option<bool>,
-) -> Result<Vec<ProfileType>, PprofError> {
-    let raw = maybe_gunzip(bytes)?;
-    let header = ProfileHeader::decode(raw.as_ref())?;
-    let text = |index: i64, what: &str| string_at(&header.string_table, index, what);
-    let mut parsed = ParsedProfile {
-        duration_nanos: header.duration_nanos,
-        ..ParsedProfile::default()
-    };
-    for value_type in &header.sample_type {
-        parsed.sample_types.push((
-            text(value_type.r#type, "sample type")?,
-            text(value_type.unit, "sample unit")?,
-        ));
-    }
-    if let Some(period) = &header.period_type {
-        parsed.period_type = (
-            text(period.r#type, "period type")?,
-            text(period.unit, "period unit")?,
-        );
-    }
-    let name = if name.is_empty() {
-        parsed.inferred_name()
-    } else {
-        name.to_string()
-    };
-    let delta = delta.unwrap_or_else(|| parsed.inferred_delta());
-    Ok(parsed.profile_types(&name, delta))
-}
-
 fn string_at(strings: &[String], index: i64, what: &str) -> Result<String, PprofError> {
     usize::try_from(index)
         .ok()
@@ -563,40 +511,5 @@ mod tests {
     #[test]
     fn garbage_is_rejected() {
         assert!(decode_pprof(b"\xff\xff\xff\xff garbage").is_err());
-    }
-}
-
-#[cfg(test)]
-mod peek_tests {
-    use super::*;
-
-    #[test]
-    fn peek_profile_types_agrees_with_a_full_decode_on_the_shared_go_profiles() {
-        let directory =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/pprof/go");
-        let entries = std::fs::read_dir(&directory).expect("shared Go profiles beside the repository");
-        let mut checked = 0;
-        for entry in entries {
-            let path = entry.expect("directory entry").path();
-            if !path.to_string_lossy().ends_with(".pb.gz") {
-                continue;
-            }
-            let bytes = std::fs::read(&path).expect("read profile");
-            let parsed = decode_pprof(&bytes).expect("decode");
-            let expected = parsed.profile_types(&parsed.inferred_name(), parsed.inferred_delta());
-            assert_eq!(
-                peek_profile_types(&bytes, "", None).expect("peek"),
-                expected,
-                "{}",
-                path.display()
-            );
-            let forced = parsed.profile_types("custom", true);
-            assert_eq!(
-                peek_profile_types(&bytes, "custom", Some(true)).expect("peek"),
-                forced
-            );
-            checked += 1;
-        }
-        assert!(checked >= 8, "only {checked} profiles found");
     }
 }

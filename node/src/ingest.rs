@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kiln_model::labels::{series_hash, LabelSet};
+use kiln_model::labels::{routing_hash, series_hash, LabelSet};
 use kiln_model::pprof::decode_pprof;
 use kiln_model::profile_type::ProfileType;
 use kiln_model::time::now_unix_nanos;
@@ -36,6 +36,8 @@ pub struct PreparedProfile {
     pub labels: LabelSet,
     /// Series hash of (type, labels).
     pub series_hash: u64,
+    /// Routing hash of the labels: picks the hash slot, hence the shard group.
+    pub routing_hash: u64,
     /// Sample time, unix ns.
     pub time_unix_nanos: i64,
     /// Duration covered, ns.
@@ -75,7 +77,7 @@ pub struct PreparedWrite {
 }
 
 impl PreparedWrite {
-    /// Splits the write by the group of each profile's series hash. Each part keeps
+    /// Splits the write by the group of each profile's routing hash (its labels). Each part keeps
     /// the idempotency key (groups deduplicate independently, so a retry after a
     /// partial failure stores only the missing parts) and exactly the symbols its
     /// profiles reference. Parts are returned in group order.
@@ -86,7 +88,7 @@ impl PreparedWrite {
         let mut parts: std::collections::BTreeMap<G, PreparedWrite> = std::collections::BTreeMap::new();
         let mut pprofs_of_part: std::collections::BTreeMap<G, Vec<u32>> = std::collections::BTreeMap::new();
         for profile in self.profiles {
-            let group = group_of(profile.series_hash);
+            let group = group_of(profile.routing_hash);
             let part = parts.entry(group).or_insert_with(|| PreparedWrite {
                 idempotency_key: self.idempotency_key.clone(),
                 ..PreparedWrite::default()
@@ -168,6 +170,7 @@ pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeEr
         let labels =
             LabelSet::from_user_pairs(series.labels.into_iter().map(|label| (label.name, label.value)))
                 .map_err(|error| NodeError::InvalidArgument(format!("series {series_index}: {error}")))?;
+        let routing_hash = routing_hash(&labels);
         for (profile_index, raw) in series.profiles.into_iter().enumerate() {
             let parsed = decode_pprof(&raw.pprof).map_err(|source| NodeError::InvalidProfile {
                 series: series_index,
@@ -236,6 +239,7 @@ pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeEr
                 prepared.sample_count += values.len() as u64;
                 prepared.profiles.push(PreparedProfile {
                     series_hash: series_hash(&profile_type, &labels),
+                    routing_hash,
                     profile_type,
                     labels: labels.clone(),
                     time_unix_nanos,

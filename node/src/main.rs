@@ -58,11 +58,12 @@ struct Args {
     /// A node unreachable this long has its replicas re-created elsewhere.
     #[arg(long, env = "KILN_DEAD_NODE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     dead_node_timeout: Duration,
-    /// Raft heartbeat interval.
-    #[arg(long, env = "KILN_RAFT_HEARTBEAT", default_value = "150ms", value_parser = humantime::parse_duration)]
+    /// Raft heartbeat interval; openraft also uses it as the timeout of one
+    /// AppendEntries round trip.
+    #[arg(long, env = "KILN_RAFT_HEARTBEAT", default_value = "300ms", value_parser = humantime::parse_duration)]
     raft_heartbeat: Duration,
     /// Raft election timeout (lower bound; the upper bound is twice it).
-    #[arg(long, env = "KILN_RAFT_ELECTION_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KILN_RAFT_ELECTION_TIMEOUT", default_value = "1500ms", value_parser = humantime::parse_duration)]
     raft_election_timeout: Duration,
     /// Raft log entries after which a group snapshots and purges its log.
     #[arg(long, env = "KILN_SNAPSHOT_AFTER_LOGS", default_value_t = 20_000)]

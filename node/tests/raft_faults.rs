@@ -41,8 +41,8 @@ async fn start_node(join: Option<String>) -> TestNode {
     let mut cluster = ClusterConfig::new(address);
     cluster.join = join;
     cluster.data_groups = 2;
-    cluster.heartbeat_interval = Duration::from_millis(100);
-    cluster.election_timeout = Duration::from_millis(600);
+    cluster.heartbeat_interval = Duration::from_millis(200);
+    cluster.election_timeout = Duration::from_millis(1000);
     cluster.reconcile_interval = Duration::from_millis(300);
     cluster.dead_node_timeout = Duration::from_secs(60);
     let config = NodeConfig::with_data_dir(directory.path().to_path_buf());
@@ -417,4 +417,37 @@ async fn partition_of_one_group_spares_the_other_groups() {
     for each in &nodes {
         each.state.cluster.faults.heal();
     }
+}
+
+/// Regression: parts of one batch used to be deduplicated by batch key per group,
+/// so a batch retried by another path (whole instead of split by the routing
+/// client, or the reverse) could be stored twice or have a part dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_batch_retried_whole_or_in_parts_is_stored_exactly_once() {
+    let nodes = start_cluster(1).await;
+    let cluster = &nodes[0].state.cluster;
+    // Enough series that both groups get some.
+    let batch = |rounds: std::ops::Range<usize>| api::WriteRequest {
+        idempotency_key: "one-batch".into(),
+        series: rounds
+            .flat_map(|round| write_request("unused", round).series)
+            .collect(),
+    };
+    let first = cluster.write(batch(0..3)).await.expect("first attempt, parts");
+    assert!(!first.duplicate);
+    // The whole batch again, same key: only what was missing is stored.
+    let whole = cluster.write(batch(0..8)).await.expect("retry, whole");
+    assert!(
+        !whole.duplicate,
+        "the payloads the first attempt did not carry must be stored"
+    );
+    let again = cluster.write(batch(0..8)).await.expect("retry, whole, again");
+    assert!(again.duplicate, "a complete retry stores nothing");
+    let part = cluster.write(batch(5..8)).await.expect("retry, one part");
+    assert!(part.duplicate);
+    assert_eq!(
+        series_count(&nodes[0]),
+        8 * 2,
+        "every payload stored exactly once"
+    );
 }

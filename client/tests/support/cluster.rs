@@ -16,9 +16,9 @@ use super::node_binary;
 /// loaded 2-core machine.
 pub const FAST_FLAGS: &[&str] = &[
     "--raft-heartbeat",
-    "100ms",
+    "200ms",
     "--raft-election-timeout",
-    "750ms",
+    "1s",
     "--dead-node-timeout",
     "20s",
     "--groups",

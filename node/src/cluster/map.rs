@@ -19,9 +19,10 @@ pub const SLOT_COUNT: u32 = 4096;
 /// The metadata group's id. Data groups are numbered from 1.
 pub const METADATA_GROUP: GroupId = 0;
 
-/// The hash slot of a series: the top 12 bits of its series hash.
-pub fn slot_of(series_hash: u64) -> u32 {
-    let slot = (series_hash >> (64 - SLOT_COUNT.trailing_zeros())) as u32;
+/// The hash slot of a series: the top 12 bits of its routing hash (the hash of its
+/// label set, `kiln_model::labels::routing_hash`).
+pub fn slot_of(routing_hash: u64) -> u32 {
+    let slot = (routing_hash >> (64 - SLOT_COUNT.trailing_zeros())) as u32;
     debug_assert!(slot < SLOT_COUNT);
     slot
 }
@@ -145,9 +146,9 @@ impl ClusterMap {
         !self.slots.is_empty()
     }
 
-    /// The group a series belongs to.
-    pub fn group_of(&self, series_hash: u64) -> Option<GroupId> {
-        self.slots.get(slot_of(series_hash) as usize).copied()
+    /// The group a series belongs to, by its routing hash.
+    pub fn group_of(&self, routing_hash: u64) -> Option<GroupId> {
+        self.slots.get(slot_of(routing_hash) as usize).copied()
     }
 
     /// Data groups, in id order.

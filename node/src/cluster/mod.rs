@@ -91,8 +91,8 @@ impl ClusterConfig {
             replication_factor: 3,
             data_groups: 8,
             dead_node_timeout: Duration::from_secs(60),
-            heartbeat_interval: Duration::from_millis(150),
-            election_timeout: Duration::from_millis(1000),
+            heartbeat_interval: Duration::from_millis(300),
+            election_timeout: Duration::from_millis(1500),
             snapshot_after_logs: 20_000,
             reconcile_interval: Duration::from_millis(1000),
             group_query_timeout: Duration::from_secs(10),
@@ -297,7 +297,9 @@ impl Cluster {
             max_in_snapshot_log_to_keep: 0,
             snapshot_max_chunk_size: 4 << 20,
             install_snapshot_timeout: 30_000,
-            max_payload_entries: 64,
+            // openraft bounds an AppendEntries by the heartbeat interval: keep each
+            // one small enough to be sent and synced well within it.
+            max_payload_entries: 16,
             ..openraft::Config::default()
         };
         config
@@ -327,7 +329,7 @@ impl Cluster {
             };
             (kind, None, None)
         } else {
-            let writer = Arc::new(Writer::start(
+            let writer = Arc::new(Writer::start_log_backed(
                 self.storage.clone(),
                 group,
                 self.write_queue_depth,

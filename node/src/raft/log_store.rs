@@ -265,6 +265,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
         let store = self.clone();
         off_thread(move || {
+            // State machine applies are not fsynced (the log is their durability):
+            // make them durable before the log entries they came from go away.
+            store.storage.db().flush_wal(true).map_err(write_error)?;
             // The purged pointer first, in the same batch: a crash never leaves the log
             // shorter than the pointer says.
             let cf = store.storage.cf(keys::CF_RAFT).map_err(write_error)?;

@@ -100,7 +100,31 @@ impl Writer {
         queue_depth: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Writer, NodeError> {
-        let state = WriterState::load(storage, group, metrics.clone())?;
+        Self::start_with(storage, group, queue_depth, metrics, true)
+    }
+
+    /// Starts the writer of a raft group's state machine. Its commits are not
+    /// fsynced: the group's raft log already holds every applied entry durably, a
+    /// replica that lost unsynced applies (power loss) re-applies them from the log
+    /// (whose purge syncs the WAL first), and dedup keys make re-applying harmless.
+    pub fn start_log_backed(
+        storage: Storage,
+        group: GroupId,
+        queue_depth: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Writer, NodeError> {
+        Self::start_with(storage, group, queue_depth, metrics, false)
+    }
+
+    fn start_with(
+        storage: Storage,
+        group: GroupId,
+        queue_depth: usize,
+        metrics: Arc<Metrics>,
+        sync_commits: bool,
+    ) -> Result<Writer, NodeError> {
+        let mut state = WriterState::load(storage, group, metrics.clone())?;
+        state.sync_commits = sync_commits;
         let (sender, receiver) = mpsc::channel(queue_depth.max(1));
         let thread = std::thread::Builder::new()
             .name(format!("kiln-writer-{group}"))
@@ -204,6 +228,8 @@ struct WriterState {
     known_symbols: HashSet<(u8, u64), ContentIdHash>,
     last_seen: HashMap<u32, i64>,
     cache_capacity: usize,
+    /// fsync every commit (false only when a raft log makes the data durable).
+    sync_commits: bool,
 }
 
 fn read_counter(storage: &Storage, key: &[u8]) -> Result<u64, NodeError> {
@@ -241,6 +267,7 @@ impl WriterState {
             known_symbols: HashSet::default(),
             last_seen: HashMap::new(),
             cache_capacity,
+            sync_commits: true,
         };
         state.reload()?;
         Ok(state)
@@ -344,7 +371,7 @@ impl WriterState {
             Some(error) => Err(error),
             None => self.stage_counters(&mut batch).and_then(|()| {
                 let mut options = WriteOptions::default();
-                options.set_sync(true);
+                options.set_sync(self.sync_commits);
                 self.storage
                     .db()
                     .write_opt(batch, &options)
