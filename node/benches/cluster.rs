@@ -19,7 +19,8 @@
 //! `support::workload::merge_request` is timed (median of several runs after one
 //! warm-up) through gRPC. All processes share this machine's cores, so the ratios
 //! are what matters. Overrides: `KILN_BENCH_SERIES`, `KILN_BENCH_MINUTES`,
-//! `KILN_BENCH_CLIENTS`, `KILN_BENCH_BATCH`, `KILN_BENCH_DIR`. Without `--bench`
+//! `KILN_BENCH_CLIENTS`, `KILN_BENCH_BATCH`, `KILN_BENCH_DIR`, `KILN_BENCH_ONLY` (only the
+//! deployments of that many nodes; the ratios then compare with the first one run). Without `--bench`
 //! (as `cargo test --all-targets` runs it) it does a few-second smoke run.
 
 mod support;
@@ -145,14 +146,21 @@ fn start_deployment(parent: &Path, nodes: usize, groups: u32) -> Vec<NodeProcess
                         && group.raft_voters.len() == replicas
                         && group.replicas.iter().all(|replica| replica.lag == 0)
                 });
-            let mut leading = vec![0usize; nodes + 1];
+            // Wait for the reconciler to finish spreading leaders (it moves one while
+            // a node leads two more groups than another), so that no leadership
+            // move, and the election it takes, happens during the measurement.
+            let mut leading = vec![0usize; nodes];
             for group in &data {
-                if let Some(slot) = leading.get_mut(group.leader as usize) {
+                if let Some(slot) = (group.leader as usize)
+                    .checked_sub(1)
+                    .and_then(|index| leading.get_mut(index))
+                {
                     *slot += 1;
                 }
             }
             let busiest = leading.iter().max().copied().unwrap_or(0);
-            let spread = busiest <= (groups as usize).div_ceil(nodes) + 1;
+            let idlest = leading.iter().min().copied().unwrap_or(0);
+            let spread = busiest <= idlest + 1;
             if replicated && spread {
                 return processes;
             }
@@ -318,8 +326,13 @@ fn main() {
         ("1 node, 8 groups", 1, 8),
         ("3 nodes RF=3, 8 groups", 3, 8),
     ];
+    // KILN_BENCH_ONLY=3 runs only the deployments with that many nodes (profiling).
+    let only: Option<usize> = env_number("KILN_BENCH_ONLY");
     let mut results = Vec::new();
     for (name, nodes, groups) in deployments {
+        if only.is_some_and(|only| only != nodes) {
+            continue;
+        }
         let workload = Workload {
             requests: &requests,
             clients,

@@ -24,6 +24,7 @@ pub struct PreparedStack {
     /// Content hash of the stack record.
     pub hash: u64,
     /// Encoded stack record (location ids, leaf first).
+    #[serde(with = "serde_bytes")]
     pub encoded: Vec<u8>,
 }
 

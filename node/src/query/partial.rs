@@ -33,6 +33,29 @@ use super::{
 };
 use crate::error::NodeError;
 
+/// Serde for `(id, record bytes)` lists as byte strings: bincode then copies each
+/// record whole instead of visiting it byte by byte (partials carry megabytes).
+mod byte_records {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(records: &[(u64, Vec<u8>)], serializer: S) -> Result<S::Ok, S::Error> {
+        let borrowed: Vec<(u64, &Bytes)> = records
+            .iter()
+            .map(|(id, bytes)| (*id, Bytes::new(bytes)))
+            .collect();
+        borrowed.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<(u64, Vec<u8>)>, D::Error> {
+        let owned: Vec<(u64, ByteBuf)> = Vec::deserialize(deserializer)?;
+        Ok(owned
+            .into_iter()
+            .map(|(id, bytes)| (id, bytes.into_vec()))
+            .collect())
+    }
+}
+
 /// One group's merge of a selection, before rendering.
 ///
 /// Self-contained: every location a stack names is in `locations`, with the functions,
@@ -45,10 +68,13 @@ pub struct MergePartial {
     /// `(location content ids leaf first, value)`.
     pub stacks: Vec<(Vec<u64>, i64)>,
     /// Location content id -> encoded `StoredLocation`.
+    #[serde(with = "byte_records")]
     pub locations: Vec<(u64, Vec<u8>)>,
     /// Function content id -> encoded `StoredFunction`.
+    #[serde(with = "byte_records")]
     pub functions: Vec<(u64, Vec<u8>)>,
     /// Mapping content id -> encoded `StoredMapping`.
+    #[serde(with = "byte_records")]
     pub mappings: Vec<(u64, Vec<u8>)>,
     /// String content id -> text.
     pub strings: Vec<(u64, String)>,

@@ -183,6 +183,10 @@ fn column_family_options(name: &str, cache: &rocksdb::Cache) -> Options {
             table.set_block_size(16 << 10);
             options.set_compression_type(DBCompressionType::Zstd);
         }
+        // Raft entries are written once, read back while replicating and applying,
+        // and deleted after the next snapshot: compressing them costs CPU on every
+        // flush and compaction and saves disk only until the purge.
+        keys::CF_RAFT => options.set_compression_type(DBCompressionType::None),
         _ => options.set_compression_type(DBCompressionType::Lz4),
     }
     options.set_block_based_table_factory(&table);

@@ -228,6 +228,7 @@ pub struct SymbolWrite {
     /// Content id.
     pub id: u64,
     /// Encoded record.
+    #[serde(with = "serde_bytes")]
     pub encoded: Vec<u8>,
 }
 
