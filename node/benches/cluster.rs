@@ -181,6 +181,7 @@ struct Measured {
     merge_first: Duration,
     merge_median: Duration,
     merge_total: i64,
+    disk_bytes: u64,
 }
 
 /// What every deployment is given.
@@ -250,6 +251,10 @@ fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload
     let (merge_first, first) = timed(merge);
     let mut runs: Vec<Duration> = (0..merge_runs.max(1)).map(|_| timed(merge).0).collect();
     runs.sort();
+    let disk_bytes = report::dir_bytes(&directory).unwrap_or(0);
+    // Stop the nodes and free the disk before the next deployment.
+    drop(processes);
+    let _ = std::fs::remove_dir_all(&directory);
     Measured {
         wall,
         samples: outcomes.iter().map(|(_, samples)| samples).sum(),
@@ -258,6 +263,7 @@ fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload
         merge_first,
         merge_median: runs[runs.len() / 2],
         merge_total: first.total,
+        disk_bytes,
     }
 }
 
@@ -267,7 +273,7 @@ fn main() {
     let (series, minutes, merge_runs) = match (bench, quick) {
         (false, _) => (6, 2, 1),
         (true, true) => (30, 10, 3),
-        (true, false) => (100, 20, 7),
+        (true, false) => (60, 20, 7),
     };
     let spec = FleetSpec {
         seed: 20250602,
@@ -359,6 +365,7 @@ fn main() {
             "merge first",
             "merge median",
             "merge vs 1 group",
+            "disk (all nodes)",
         ],
     );
     for (name, measured) in &results {
@@ -372,6 +379,7 @@ fn main() {
             millis(measured.merge_first),
             millis(measured.merge_median),
             format!("{:.2}", measured.merge_median.as_secs_f64() / baseline_merge),
+            report::bytes(measured.disk_bytes),
         ]);
     }
     table.print();

@@ -66,7 +66,7 @@ struct Args {
     #[arg(long, env = "KILN_RAFT_ELECTION_TIMEOUT", default_value = "1500ms", value_parser = humantime::parse_duration)]
     raft_election_timeout: Duration,
     /// Raft log entries after which a group snapshots and purges its log.
-    #[arg(long, env = "KILN_SNAPSHOT_AFTER_LOGS", default_value_t = 20_000)]
+    #[arg(long, env = "KILN_SNAPSHOT_AFTER_LOGS", default_value_t = 5_000)]
     snapshot_after_logs: u64,
     /// How long one shard group may take to answer its part of a query.
     #[arg(long, env = "KILN_GROUP_QUERY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]

@@ -45,6 +45,7 @@ async fn start_node(join: Option<String>) -> TestNode {
     cluster.election_timeout = Duration::from_millis(1000);
     cluster.reconcile_interval = Duration::from_millis(300);
     cluster.dead_node_timeout = Duration::from_secs(60);
+    cluster.group_query_timeout = Duration::from_secs(3);
     let config = NodeConfig::with_data_dir(directory.path().to_path_buf());
     let max_message_bytes = config.max_message_bytes;
     // A joining node asks the first node's server, which is already serving.
@@ -380,13 +381,6 @@ async fn membership_new_node_becomes_a_voter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partition_of_one_group_spares_the_other_groups() {
     let nodes = start_cluster(3).await;
-    // The reconciler spreads leaders; wait until it has nothing left to move, so
-    // that no election it starts is mistaken for one the partition caused.
-    wait_for(
-        "leaders of groups 1 and 2 on different nodes",
-        || matches!((leader_of(&nodes, 1), leader_of(&nodes, 2)), (Some(one), Some(two)) if one != two),
-    )
-    .await;
     // Cut one group's leader off in that group only.
     let leader_1 = leader_of(&nodes, 1).expect("leader of 1");
     let leader_2 = leader_of(&nodes, 2).expect("leader of 2");
@@ -450,4 +444,57 @@ async fn idempotency_batch_retried_whole_or_in_parts_is_stored_exactly_once() {
         8 * 2,
         "every payload stored exactly once"
     );
+}
+
+/// A group without a quorum cannot prove it is current: a query fails naming it,
+/// or, when partial answers are allowed, lists it as missing. Never silently partial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fanout_group_without_quorum_fails_the_query_or_is_named_missing() {
+    let nodes = start_cluster(3).await;
+    for round in 0..4 {
+        nodes[0]
+            .state
+            .cluster
+            .write(write_request(&format!("fanout-{round}"), round))
+            .await
+            .expect("write");
+    }
+    // Cut group 1 off on two of its three replicas: no quorum, no ReadIndex.
+    let cut: Vec<NodeId> = nodes.iter().take(2).map(TestNode::id).collect();
+    for each in &nodes {
+        for node in &cut {
+            each.state.cluster.faults.isolate_group_replica(1, *node);
+        }
+    }
+    let request = |allow_partial: bool| api::SeriesRequest {
+        selection: None,
+        options: Some(api::QueryOptions { allow_partial }),
+    };
+    let coordinator = &nodes[2].state.cluster;
+    let error = coordinator
+        .series(request(false))
+        .await
+        .expect_err("a query over a group without quorum must fail");
+    let message = error.to_string();
+    assert!(
+        message.contains("group 1"),
+        "the error names the group: {message}"
+    );
+    assert_eq!(error.grpc_code(), tonic::Code::Unavailable);
+    let partial = coordinator.series(request(true)).await.expect("partial answer");
+    let coverage = partial.coverage.expect("coverage");
+    assert_eq!(coverage.groups_total, 2);
+    assert_eq!(
+        coverage
+            .missing
+            .iter()
+            .map(|missing| missing.group_id)
+            .collect::<Vec<_>>(),
+        vec![1],
+        "the partial answer names exactly the missing group"
+    );
+    assert!(!partial.series.is_empty(), "group 2 still answered");
+    for each in &nodes {
+        each.state.cluster.faults.heal();
+    }
 }

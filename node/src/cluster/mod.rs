@@ -93,7 +93,7 @@ impl ClusterConfig {
             dead_node_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_millis(300),
             election_timeout: Duration::from_millis(1500),
-            snapshot_after_logs: 20_000,
+            snapshot_after_logs: 5_000,
             reconcile_interval: Duration::from_millis(1000),
             group_query_timeout: Duration::from_secs(10),
         }
@@ -147,6 +147,9 @@ pub struct Cluster {
     view: RwLock<ClusterMap>,
     /// Current address of every node, for the raft network.
     addresses: AddressBook,
+    /// The leader each local replica saw at the last metrics update, to count
+    /// leader changes.
+    seen_leaders: Mutex<HashMap<GroupId, Option<NodeId>>>,
     /// Last known leader per group.
     leader_hints: RwLock<HashMap<GroupId, NodeId>>,
     health: Mutex<BTreeMap<NodeId, NodeHealth>>,
@@ -225,6 +228,7 @@ impl Cluster {
             applied_map: Arc::new(RwLock::new(applied)),
             applied_changed,
             addresses: Arc::new(RwLock::new(known_addresses)),
+            seen_leaders: Mutex::new(HashMap::new()),
             leader_hints: RwLock::new(HashMap::new()),
             health: Mutex::new(BTreeMap::new()),
             leader_since: Mutex::new(None),
@@ -657,6 +661,32 @@ impl Cluster {
         match self.propose(METADATA_GROUP, Command::Meta(command)).await? {
             CommandResponse::Meta(answer) => Ok(answer),
             other => Err(NodeError::Internal(format!("metadata group answered {other:?}"))),
+        }
+    }
+
+    /// Refreshes the per-group raft metrics of this node's replicas: leadership,
+    /// apply lag, and leader changes (counted when the leader a replica knows differs
+    /// from the one seen at the previous update; updates run every reconcile tick
+    /// and at every `/metrics` scrape).
+    pub fn update_metrics(&self) {
+        let mut seen = self.seen_leaders.lock();
+        for replica in self.replicas() {
+            let metrics = replica.raft.metrics().borrow().clone();
+            let labels = crate::metrics::GroupLabels { group: replica.group };
+            let leading = metrics.state == ServerState::Leader;
+            self.metrics
+                .raft_is_leader
+                .get_or_create(&labels)
+                .set(i64::from(leading));
+            let applied = metrics.last_applied.map(|log_id| log_id.index).unwrap_or(0);
+            let lag = metrics.last_log_index.unwrap_or(0).saturating_sub(applied);
+            self.metrics.raft_apply_lag.get_or_create(&labels).set(lag as i64);
+            let previous = seen.insert(replica.group, metrics.current_leader);
+            if previous.is_some_and(|previous| previous != metrics.current_leader)
+                && metrics.current_leader.is_some()
+            {
+                self.metrics.raft_leader_changes.get_or_create(&labels).inc();
+            }
         }
     }
 

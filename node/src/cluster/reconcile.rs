@@ -46,6 +46,7 @@ impl Cluster {
                     return;
                 }
                 cluster.refresh_map().await;
+                cluster.update_metrics();
                 cluster.publish_address().await;
                 cluster.janitor().await;
                 if moves.as_ref().is_none_or(|task| task.is_finished()) {

@@ -50,6 +50,7 @@ pub fn router(state: Arc<NodeState>, max_body_bytes: usize) -> Router {
 
 async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     state.metrics.disk_bytes.set(state.storage.disk_bytes() as i64);
+    state.cluster.update_metrics();
     (
         [(
             header::CONTENT_TYPE,

@@ -203,6 +203,10 @@ impl Storage {
         options.set_max_background_jobs(2);
         options.set_bytes_per_sync(1 << 20);
         options.set_keep_log_file_num(5);
+        // A WAL file is kept until every column family's memtable holding data from
+        // it is flushed; rarely written families (`meta`) would otherwise keep
+        // gigabytes of WAL alive. Past this size RocksDB flushes those families.
+        options.set_max_total_wal_size(256 << 20);
         let descriptors = keys::COLUMN_FAMILIES
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, column_family_options(name, &cache)));
