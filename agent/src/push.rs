@@ -2,14 +2,16 @@
 //! oldest spooled batch until the node acknowledges it, then deletes it. So batches are delivered in
 //! order, survive restarts, and a node outage only grows the (bounded) spool.
 //!
-//! The transport is behind [`Sink`], so the cluster's routing client can replace [`KilnSink`] (one node)
-//! without touching the spool logic.
+//! The transport is behind [`Sink`]; [`KilnSink`] sends through the cluster's routing client, which
+//! splits a batch by shard group and sends each part to that group's leader (any node forwards when the
+//! routing table is stale). A batch keeps its idempotency key whichever path it takes, and nodes
+//! deduplicate per payload, so a spooled batch replayed after a restart is stored once.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_client::{ConnectOptions, KilnClient, RetryPolicy};
+use kiln_client::{ConnectOptions, RetryPolicy, RoutingClient};
 use kiln_proto::kiln::v1::{WriteRequest, WriteResponse};
 use tokio::sync::Notify;
 
@@ -34,11 +36,20 @@ pub trait Sink: Send + Sync + 'static {
     fn write(&self, request: WriteRequest) -> impl Future<Output = Result<WriteResponse, PushError>> + Send;
 }
 
-/// A [`Sink`] that writes to one node through [`KilnClient`] (retries with backoff and jitter, lazy
-/// reconnection).
-#[derive(Debug, Clone)]
+/// A [`Sink`] that writes to the cluster through [`RoutingClient`], seeded by one node's address
+/// (retries with backoff and jitter, lazy reconnection, parts sent to group leaders).
+#[derive(Clone)]
 pub struct KilnSink {
-    client: KilnClient,
+    client: Arc<RoutingClient>,
+}
+
+impl std::fmt::Debug for KilnSink {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("KilnSink")
+            .field("seed", &self.client.seed().address())
+            .finish()
+    }
 }
 
 impl KilnSink {
@@ -58,7 +69,7 @@ impl KilnSink {
             ..ConnectOptions::default()
         };
         Ok(KilnSink {
-            client: KilnClient::connect_lazy(address, options)?,
+            client: Arc::new(RoutingClient::new(address, options)?),
         })
     }
 }
