@@ -2,15 +2,13 @@
 //! with its own data directory and a fixed port (so that a restarted node comes
 //! back at the same address), driven with the real `kiln` CLI and gRPC clients.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kiln_model::json::ClusterStatusResult;
 
-use super::node_binary;
+use super::spawn_node;
 
 /// Raft and failure-detection timings short enough for tests, long enough for a
 /// loaded 2-core machine.
@@ -48,33 +46,9 @@ pub struct ClusterNode {
 
 impl ClusterNode {
     fn spawn(&mut self) {
-        let mut child = Command::new(node_binary())
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--listen", &self.address])
-            .args(&self.flags)
-            .env("KILN_LOG", "warn,openraft=error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn kiln-node");
-        let stdout = child.stdout.take().expect("stdout");
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(id) = line.strip_prefix("node id ") {
-                    let _ = sender.send(id.trim().parse::<u64>().unwrap_or(0));
-                }
-            }
-        });
-        match receiver.recv_timeout(Duration::from_secs(120)) {
-            Ok(id) => self.id = id,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("kiln-node at {} did not start within 120 s", self.address);
-            }
-        }
-        self.child = Some(child);
+        let started = spawn_node(&self.data_dir, &self.address, &self.flags, "warn,openraft=error");
+        self.id = started.node_id;
+        self.child = Some(started.child);
     }
 
     /// Whether the process is running.

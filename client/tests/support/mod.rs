@@ -33,6 +33,55 @@ pub fn node_binary() -> PathBuf {
     node
 }
 
+/// A `kiln-node` process that reported its address and node id.
+pub struct Started {
+    /// The process.
+    pub child: Child,
+    /// `host:port` it listens on.
+    pub address: String,
+    /// The node id it printed.
+    pub node_id: u64,
+}
+
+/// Starts `kiln-node` on `data_dir`, listening on `listen`, with `extra` flags and
+/// `KILN_LOG=log`, and waits (up to [`START_DEADLINE`]) until it prints its address
+/// and node id.
+pub fn spawn_node(data_dir: &Path, listen: &str, extra: &[String], log: &str) -> Started {
+    let mut child = Command::new(node_binary())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", listen])
+        .args(extra)
+        .env("KILN_LOG", log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn kiln-node");
+    let stdout = child.stdout.take().expect("stdout");
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut address = None;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(listening) = line.strip_prefix("listening on ") {
+                address = Some(listening.to_string());
+            } else if let (Some(id), Some(address)) = (line.strip_prefix("node id "), address.take()) {
+                let _ = sender.send((address, id.trim().parse::<u64>().unwrap_or(0)));
+            }
+        }
+    });
+    match receiver.recv_timeout(START_DEADLINE) {
+        Ok((address, node_id)) => Started {
+            child,
+            address,
+            node_id,
+        },
+        Err(_) => {
+            let _ = child.kill();
+            panic!("kiln-node did not report its address and id within {START_DEADLINE:?}");
+        }
+    }
+}
+
 /// A running `kiln-node` with its own data directory.
 pub struct TestNode {
     child: Option<Child>,
@@ -54,32 +103,8 @@ impl TestNode {
 
     /// Starts a node on `data_dir` with extra flags.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> TestNode {
-        let mut child = Command::new(node_binary())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("KILN_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn kiln-node");
-        let stdout = child.stdout.take().expect("stdout");
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(address) = line.strip_prefix("listening on ") {
-                    let _ = sender.send(address.to_string());
-                }
-            }
-        });
-        let address = match receiver.recv_timeout(START_DEADLINE) {
-            Ok(address) => address,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("kiln-node did not report its address within {START_DEADLINE:?}");
-            }
-        };
+        let extra: Vec<String> = extra.iter().map(|flag| flag.to_string()).collect();
+        let Started { child, address, .. } = spawn_node(data_dir, "127.0.0.1:0", &extra, "warn");
         TestNode {
             child: Some(child),
             address,

@@ -66,6 +66,11 @@ impl LogStore {
         decode(&bytes).map(Some).map_err(read_error)
     }
 
+    /// Commits `batch` with a synced WAL.
+    fn write_synced(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        self.storage.db().write_opt(batch, &synced()).map_err(write_error)
+    }
+
     fn put_synced<T: serde::Serialize>(&self, key: Vec<u8>, value: &T) -> Result<(), StorageError> {
         let cf = self.storage.cf(keys::CF_RAFT).map_err(write_error)?;
         let bytes = encode(value).map_err(write_error)?;
@@ -137,7 +142,7 @@ impl LogStore {
             Some(end) => batch.delete_range_cf(cf, keys::group_start(self.group), end),
             None => return Err(write_error("the node-local group has no raft log")),
         }
-        self.storage.db().write_opt(batch, &synced()).map_err(write_error)
+        self.write_synced(batch)
     }
 }
 
@@ -232,11 +237,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             for (key, value) in encoded {
                 batch.put_cf(cf, key, value);
             }
-            store
-                .storage
-                .db()
-                .write_opt(batch, &synced())
-                .map_err(write_error)
+            store.write_synced(batch)
         })
         .await;
         // The entries are readable and durable now (or the append failed): tell
@@ -253,11 +254,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         off_thread(move || {
             let mut batch = WriteBatch::default();
             store.delete_entries(&mut batch, log_id.index, None)?;
-            store
-                .storage
-                .db()
-                .write_opt(batch, &synced())
-                .map_err(write_error)
+            store.write_synced(batch)
         })
         .await
     }
@@ -278,11 +275,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 encode(&log_id).map_err(write_error)?,
             );
             store.delete_entries(&mut batch, 0, log_id.index.checked_add(1))?;
-            store
-                .storage
-                .db()
-                .write_opt(batch, &synced())
-                .map_err(write_error)
+            store.write_synced(batch)
         })
         .await
     }
