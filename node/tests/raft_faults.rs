@@ -26,6 +26,17 @@ impl TestNode {
     }
 }
 
+/// Stops every node: servers, rafts and writer threads, joined. A writer thread
+/// still flushing when the test process exits would race RocksDB's teardown.
+async fn stop_all(nodes: Vec<TestNode>) {
+    for mut node in nodes {
+        if let Some(stop) = node.stop.take() {
+            let _ = stop.send(());
+        }
+        node.state.shutdown().await;
+    }
+}
+
 impl Drop for TestNode {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -231,6 +242,7 @@ async fn election_isolated_leader_is_replaced_and_rejoins_after_heal() {
             && applied(node(&nodes, old_leader), 1) >= target
     })
     .await;
+    stop_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -261,6 +273,7 @@ async fn replication_every_replica_applies_every_acknowledged_write_even_with_de
     for each in &nodes {
         assert_eq!(series_count(each), 10 * 2, "node {} misses series", each.id());
     }
+    stop_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -346,6 +359,7 @@ async fn snapshot_lagging_replica_catches_up_by_installing_a_snapshot() {
             .series
     };
     assert_eq!(query(lagging), query(leader));
+    stop_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -376,6 +390,7 @@ async fn membership_new_node_becomes_a_voter() {
     })
     .await;
     wait_replicated(&nodes, 3).await;
+    stop_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -411,6 +426,7 @@ async fn partition_of_one_group_spares_the_other_groups() {
     for each in &nodes {
         each.state.cluster.faults.heal();
     }
+    stop_all(nodes).await;
 }
 
 /// Regression: parts of one batch used to be deduplicated by batch key per group,
@@ -444,6 +460,7 @@ async fn idempotency_batch_retried_whole_or_in_parts_is_stored_exactly_once() {
         8 * 2,
         "every payload stored exactly once"
     );
+    stop_all(nodes).await;
 }
 
 /// A group without a quorum cannot prove it is current: a query fails naming it,
@@ -497,4 +514,5 @@ async fn fanout_group_without_quorum_fails_the_query_or_is_named_missing() {
     for each in &nodes {
         each.state.cluster.faults.heal();
     }
+    stop_all(nodes).await;
 }

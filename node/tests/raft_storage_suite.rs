@@ -11,9 +11,18 @@ use kiln_node::storage::writer::Writer;
 use kiln_node::storage::{Storage, StorageOptions};
 use openraft::testing::{StoreBuilder, Suite};
 
-/// Keeps the temp dir alive as long as the stores the suite holds.
+/// Keeps the temp dir alive as long as the stores the suite holds, and stops the
+/// writer thread (joined) before the directory goes: a writer still running when
+/// the test process exits would race RocksDB's teardown.
 struct Guard {
+    writer: Arc<Writer>,
     _directory: tempfile::TempDir,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.writer.shutdown();
+    }
 }
 
 struct RocksBuilder;
@@ -29,12 +38,15 @@ impl StoreBuilder<TypeConfig, LogStore, GroupStateMachine, Guard> for RocksBuild
         let machine = GroupStateMachine::new(
             storage.clone(),
             GROUP,
-            MachineKind::Data { writer },
+            MachineKind::Data {
+                writer: writer.clone(),
+            },
             directory.path().join("snapshots"),
             metrics,
         );
         Ok((
             Guard {
+                writer,
                 _directory: directory,
             },
             LogStore::new(storage, GROUP),
