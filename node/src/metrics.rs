@@ -46,7 +46,7 @@ pub struct Metrics {
     /// Raft snapshots installed on this node.
     pub snapshot_installs: Counter,
     /// Learners this node (as a group leader) caught up before adding them as voters.
-    pub snapshot_sends: Counter,
+    pub learners_caught_up: Counter,
     /// Nodes the metadata leader saw alive at its last pass.
     pub cluster_nodes_alive: Gauge,
     /// Groups that could not answer a fanned-out query.
@@ -175,11 +175,11 @@ impl Metrics {
             "raft snapshots installed",
             snapshot_installs.clone(),
         );
-        let snapshot_sends = Counter::default();
+        let learners_caught_up = Counter::default();
         registry.register(
             "raft_learners_caught_up",
             "learners caught up (by snapshot when the log was purged) before a membership change",
-            snapshot_sends.clone(),
+            learners_caught_up.clone(),
         );
         let cluster_nodes_alive = Gauge::default();
         registry.register(
@@ -201,7 +201,7 @@ impl Metrics {
             raft_apply_lag,
             snapshot_builds,
             snapshot_installs,
-            snapshot_sends,
+            learners_caught_up,
             cluster_nodes_alive,
             fanout_missing_groups,
             ingested_profiles,

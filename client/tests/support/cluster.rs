@@ -3,12 +3,12 @@
 //! back at the same address), driven with the real `kiln` CLI and gRPC clients.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use kiln_model::json::ClusterStatusResult;
 
-use super::spawn_node;
+use super::{run_kiln, run_kiln_ok, spawn_node};
 
 /// Raft and failure-detection timings short enough for tests, long enough for a
 /// loaded 2-core machine.
@@ -100,25 +100,12 @@ impl ClusterNode {
 
     /// Runs the `kiln` CLI against this node.
     pub fn kiln(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(args)
-            .env("KILN_SERVER", format!("http://{}", self.address))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run kiln")
+        run_kiln(&self.address, args)
     }
 
     /// Runs the CLI and returns stdout, failing the test on a non-zero exit.
     pub fn kiln_ok(&self, args: &[&str]) -> String {
-        let output = self.kiln(args);
-        assert!(
-            output.status.success(),
-            "kiln {args:?} against {} failed: {}\n{}",
-            self.address,
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).expect("utf-8 output")
+        run_kiln_ok(&self.address, args)
     }
 
     /// `kiln cluster status` as seen from this node, `None` when it cannot answer.

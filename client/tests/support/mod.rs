@@ -164,12 +164,7 @@ impl TestNode {
 
     /// Runs the `kiln` CLI against this node.
     pub fn kiln(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(args)
-            .env("KILN_SERVER", self.url())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run kiln")
+        run_kiln(&self.address, args)
     }
 
     /// Everything a user sees of the stored data: every series, and the CPU top over
@@ -191,15 +186,31 @@ impl TestNode {
 
     /// Runs the CLI and returns stdout, failing the test on a non-zero exit.
     pub fn kiln_ok(&self, args: &[&str]) -> String {
-        let output = self.kiln(args);
-        assert!(
-            output.status.success(),
-            "kiln {args:?} failed: {}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).expect("utf-8 output")
+        run_kiln_ok(&self.address, args)
     }
+}
+
+/// Runs the `kiln` CLI against the node at `address` (`host:port`).
+pub fn run_kiln(address: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("KILN_SERVER", format!("http://{address}"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kiln")
+}
+
+/// Runs the CLI against `address` and returns stdout, failing the test on a
+/// non-zero exit.
+pub fn run_kiln_ok(address: &str, args: &[&str]) -> String {
+    let output = run_kiln(address, args);
+    assert!(
+        output.status.success(),
+        "kiln {args:?} against {address} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
 }
 
 impl Drop for TestNode {

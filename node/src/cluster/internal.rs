@@ -126,8 +126,6 @@ pub struct GroupReport {
     pub learners: Vec<NodeId>,
     /// Leader only: each follower's matched log index.
     pub matched: Vec<(NodeId, u64)>,
-    /// Leader changes this replica has seen since the node started.
-    pub leader_changes: u64,
 }
 
 /// Everything a node reports to a probe.

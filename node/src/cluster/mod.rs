@@ -726,7 +726,6 @@ impl Cluster {
                                 .collect()
                         })
                         .unwrap_or_default(),
-                    leader_changes: 0,
                 }
             })
             .collect();
@@ -1015,7 +1014,7 @@ impl Cluster {
             .await
             .map_err(|_| Failure::Unavailable(format!("learner {node} of group {group} did not catch up")))?;
             added.map_err(|error| Failure::Unavailable(format!("add learner {node}: {error}")))?;
-            self.metrics.snapshot_sends.inc();
+            self.metrics.learners_caught_up.inc();
         }
         replica
             .raft
