@@ -177,3 +177,56 @@ fn http_api_answers_the_same_as_grpc() {
     let grpc_top = node.kiln_ok(&["query", r#"cpu{service="web"}"#, "--from", "0", "--output", "top"]);
     assert!(grpc_top.contains("crypto/sha256.block"));
 }
+
+/// Regression: the client listed gzip first, so the node gzipped every merged tree
+/// (about a quarter of its CPU during merges). The client's preference must reach
+/// the node and come back as a zstd-compressed response.
+#[test]
+fn responses_come_back_zstd_compressed_as_the_client_prefers() {
+    use kiln_proto::kiln::v1 as api;
+    use kiln_proto::kiln::v1::query_service_client::QueryServiceClient;
+
+    let node = TestNode::start();
+    let path = testdata().join("pprof/go/cpu.pb.gz");
+    node.kiln_ok(&[
+        "ingest",
+        path.to_str().expect("utf-8"),
+        "--label",
+        "file=compression",
+    ]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let encoding = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.address))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = QueryServiceClient::new(channel);
+        for encoding in kiln_client::client::RESPONSE_ENCODINGS {
+            client = client.accept_compressed(encoding);
+        }
+        let response = client
+            .merge(api::MergeRequest {
+                selection: Some(api::Selection {
+                    selector: r#"process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta{file="compression"}"#
+                        .into(),
+                    start_unix_ms: 0,
+                    end_unix_ms: 0,
+                }),
+                format: api::MergeFormat::Tree as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("merge");
+        assert!(
+            response.get_ref().total > 0,
+            "the merge found the ingested profile"
+        );
+        response
+            .metadata()
+            .get("grpc-encoding")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+    });
+    assert_eq!(encoding.as_deref(), Some("zstd"));
+}

@@ -13,6 +13,7 @@ use kiln_model::time::now_unix_nanos;
 use kiln_proto::kiln::v1 as api;
 
 use crate::error::NodeError;
+use crate::storage::committed::CommittedContent;
 use crate::storage::symbols::{profile_symbols, stack_hash, ContentIdHash, SymbolWrite};
 
 /// Longest idempotency key accepted, bytes.
@@ -23,10 +24,14 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 pub struct PreparedStack {
     /// Content hash of the stack record.
     pub hash: u64,
-    /// Encoded stack record (location ids, leaf first).
+    /// Encoded stack record (location ids, leaf first); `None` once
+    /// [`PreparedWrite::strip_committed`] found the group already stores it.
     #[serde(with = "serde_bytes")]
-    pub encoded: Vec<u8>,
+    pub encoded: Option<Vec<u8>>,
 }
+
+/// The distinct stacks of one pprof, shared by the profiles of its sample types.
+type SharedStacks = Arc<Vec<PreparedStack>>;
 
 /// One series' samples from one pprof.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -120,6 +125,73 @@ impl PreparedWrite {
             split.push((group, part));
         }
         split
+    }
+}
+
+/// What [`PreparedWrite::strip_committed`] left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stripped {
+    /// Stack records left out (their hashes stay).
+    pub stacks: u64,
+    /// Symbol records left out.
+    pub symbols: u64,
+}
+
+impl PreparedWrite {
+    /// Leaves out the stack and symbol records that `committed` proves the target
+    /// group already stores, so that the raft entry carries only new content. Only
+    /// valid for a write proposed to the group `committed` describes (see
+    /// [`CommittedContent`] for the argument); hashes and ids stay, so applying the
+    /// stripped write stores exactly what applying the whole one would.
+    pub fn strip_committed(&mut self, committed: &CommittedContent) -> Stripped {
+        let mut stripped = Stripped::default();
+        committed.with_sets(|stored_stacks, stored_symbols| {
+            let symbol_count = self.symbols.len();
+            self.symbols
+                .retain(|symbol| !stored_symbols.contains(&(symbol.kind as u8, symbol.id)));
+            stripped.symbols = (symbol_count - self.symbols.len()) as u64;
+            // Indices into `symbols` no longer hold; they only serve splitting, which
+            // happens before stripping.
+            self.pprof_symbols.clear();
+            // Profiles of one pprof share their stack list; strip each list once.
+            // (original list, its stripped copy)
+            let mut replaced: Vec<(SharedStacks, SharedStacks)> = Vec::new();
+            for profile in &mut self.profiles {
+                if let Some((_, stripped_list)) = replaced
+                    .iter()
+                    .find(|(original, _)| Arc::ptr_eq(original, &profile.stacks))
+                {
+                    profile.stacks = stripped_list.clone();
+                    continue;
+                }
+                if !profile
+                    .stacks
+                    .iter()
+                    .any(|stack| stack.encoded.is_some() && stored_stacks.contains(&stack.hash))
+                {
+                    continue;
+                }
+                let list: Vec<PreparedStack> = profile
+                    .stacks
+                    .iter()
+                    .map(|stack| {
+                        if stack.encoded.is_some() && stored_stacks.contains(&stack.hash) {
+                            stripped.stacks += 1;
+                            PreparedStack {
+                                hash: stack.hash,
+                                encoded: None,
+                            }
+                        } else {
+                            stack.clone()
+                        }
+                    })
+                    .collect();
+                let list = Arc::new(list);
+                let original = std::mem::replace(&mut profile.stacks, list.clone());
+                replaced.push((original, list));
+            }
+        });
+        stripped
     }
 }
 
@@ -220,7 +292,10 @@ pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeEr
                     .collect();
                 let (hash, encoded) = stack_hash(&location_ids);
                 let index = *stack_index.entry(hash).or_insert_with(|| {
-                    stacks.push(PreparedStack { hash, encoded });
+                    stacks.push(PreparedStack {
+                        hash,
+                        encoded: Some(encoded),
+                    });
                     values_by_stack.push(vec![0; value_columns]);
                     (stacks.len() - 1) as u32
                 });
@@ -255,4 +330,24 @@ pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeEr
         }
     }
     Ok(prepared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a stack record must survive the raft log's encoding whole; a
+    /// lost record reads as "stripped" and the apply finds no content.
+    #[test]
+    fn prepared_stack_round_trips_through_the_raft_encoding() {
+        for encoded in [Some(vec![1u8, 2, 3]), Some(Vec::new()), None] {
+            let stack = PreparedStack {
+                hash: 7,
+                encoded: encoded.clone(),
+            };
+            let bytes = crate::raft::encode(&stack).expect("encode");
+            let decoded: PreparedStack = crate::raft::decode(&bytes).expect("decode");
+            assert_eq!(decoded.encoded, encoded);
+        }
+    }
 }

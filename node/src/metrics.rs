@@ -51,6 +51,14 @@ pub struct Metrics {
     pub cluster_nodes_alive: Gauge,
     /// Groups that could not answer a fanned-out query.
     pub fanout_missing_groups: Counter,
+    /// Stacks left out of raft proposals because the group already stores them.
+    pub proposal_stacks_stripped: Counter,
+    /// Symbols left out of raft proposals because the group already stores them.
+    pub proposal_symbols_stripped: Counter,
+    /// Applied samples whose stack was neither stored nor carried by the entry (a
+    /// broken stripping invariant; the sample is kept under an empty stack). Must
+    /// stay 0.
+    pub stack_content_missing: Counter,
     /// Profiles (pprof payloads) stored.
     pub ingested_profiles: Counter,
     /// Stack samples stored (over all sample types).
@@ -193,6 +201,24 @@ impl Metrics {
             "groups that could not answer a fanned-out query",
             fanout_missing_groups.clone(),
         );
+        let proposal_stacks_stripped = Counter::default();
+        registry.register(
+            "proposal_stacks_stripped",
+            "stacks left out of raft proposals because the group already stores them",
+            proposal_stacks_stripped.clone(),
+        );
+        let proposal_symbols_stripped = Counter::default();
+        registry.register(
+            "proposal_symbols_stripped",
+            "symbols left out of raft proposals because the group already stores them",
+            proposal_symbols_stripped.clone(),
+        );
+        let stack_content_missing = Counter::default();
+        registry.register(
+            "stack_content_missing",
+            "applied stacks that were neither stored nor carried by the entry (must stay 0)",
+            stack_content_missing.clone(),
+        );
         Metrics {
             registry,
             raft_commit_seconds,
@@ -204,6 +230,9 @@ impl Metrics {
             learners_caught_up,
             cluster_nodes_alive,
             fanout_missing_groups,
+            proposal_stacks_stripped,
+            proposal_symbols_stripped,
+            stack_content_missing,
             ingested_profiles,
             ingested_samples,
             duplicate_writes,

@@ -161,8 +161,14 @@ fn applied(node: &TestNode, group: u32) -> u64 {
 }
 
 fn write_request(key: &str, round: usize) -> api::WriteRequest {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/pprof/go/cpu.pb.gz");
+    write_request_of(key, round, "cpu.pb.gz")
+}
+
+/// A write of the shared Go profile `file` under labels `service="faults"`, `round`.
+fn write_request_of(key: &str, round: usize, file: &str) -> api::WriteRequest {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/pprof/go")
+        .join(file);
     api::WriteRequest {
         idempotency_key: key.into(),
         series: vec![api::SeriesWrite {
@@ -279,15 +285,7 @@ async fn replication_every_replica_applies_every_acknowledged_write_even_with_de
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_lagging_replica_catches_up_by_installing_a_snapshot() {
     let nodes = start_cluster(3).await;
-    let leader = leader_of(&nodes, 1).expect("leader");
-    let lagging = nodes
-        .iter()
-        .find(|each| each.id() != leader)
-        .expect("a follower")
-        .id();
-    for each in &nodes {
-        each.state.cluster.faults.isolate_group_replica(1, lagging);
-    }
+    let (leader, lagging) = cut_off_one_follower(&nodes, 1);
     for round in 0..12 {
         node(&nodes, leader)
             .state
@@ -296,38 +294,7 @@ async fn snapshot_lagging_replica_catches_up_by_installing_a_snapshot() {
             .await
             .expect("write while one replica lags");
     }
-    // Snapshot and purge on the leader: the log the lagging replica needs is gone.
-    let leader_replica = node(&nodes, leader).state.cluster.replica(1).expect("replica");
-    let applied_on_leader = applied(node(&nodes, leader), 1);
-    leader_replica.raft.trigger().snapshot().await.expect("snapshot");
-    leader_replica
-        .raft
-        .wait(Some(DEADLINE))
-        .metrics(
-            |metrics| {
-                metrics
-                    .snapshot
-                    .is_some_and(|log_id| log_id.index >= applied_on_leader)
-            },
-            "snapshot built",
-        )
-        .await
-        .expect("snapshot built");
-    leader_replica
-        .raft
-        .trigger()
-        .purge_log(applied_on_leader)
-        .await
-        .expect("purge");
-    wait_for("the leader to purge its log", || {
-        leader_replica
-            .raft
-            .metrics()
-            .borrow()
-            .purged
-            .is_some_and(|log_id| log_id.index >= applied_on_leader)
-    })
-    .await;
+    let applied_on_leader = snapshot_and_purge(node(&nodes, leader), 1).await;
     let installs_before = node(&nodes, lagging).state.metrics.snapshot_installs.get();
     for each in &nodes {
         each.state.cluster.faults.heal();
@@ -359,6 +326,165 @@ async fn snapshot_lagging_replica_catches_up_by_installing_a_snapshot() {
             .series
     };
     assert_eq!(query(lagging), query(leader));
+    stop_all(nodes).await;
+}
+
+/// Cuts one follower of `group` off the group's traffic (its other groups are
+/// untouched); returns (leader, that follower).
+fn cut_off_one_follower(nodes: &[TestNode], group: u32) -> (NodeId, NodeId) {
+    let leader = leader_of(nodes, group).expect("leader");
+    let lagging = nodes
+        .iter()
+        .find(|each| each.id() != leader)
+        .expect("a follower")
+        .id();
+    for each in nodes {
+        each.state.cluster.faults.isolate_group_replica(group, lagging);
+    }
+    (leader, lagging)
+}
+
+/// Builds a snapshot on `leader`'s replica of `group` and purges the log it covers,
+/// so that a replica behind it can only catch up by installing the snapshot.
+/// Returns the applied index the snapshot covers.
+async fn snapshot_and_purge(leader: &TestNode, group: u32) -> u64 {
+    let leader_replica = leader.state.cluster.replica(group).expect("replica");
+    let applied_on_leader = applied(leader, group);
+    leader_replica.raft.trigger().snapshot().await.expect("snapshot");
+    leader_replica
+        .raft
+        .wait(Some(DEADLINE))
+        .metrics(
+            |metrics| {
+                metrics
+                    .snapshot
+                    .is_some_and(|log_id| log_id.index >= applied_on_leader)
+            },
+            "snapshot built",
+        )
+        .await
+        .expect("snapshot built");
+    leader_replica
+        .raft
+        .trigger()
+        .purge_log(applied_on_leader)
+        .await
+        .expect("purge");
+    wait_for("the leader to purge its log", || {
+        leader_replica
+            .raft
+            .metrics()
+            .borrow()
+            .purged
+            .is_some_and(|log_id| log_id.index >= applied_on_leader)
+    })
+    .await;
+    applied_on_leader
+}
+
+/// The full merged tree of every CPU profile in `group`, as `node`'s own replica
+/// stores it (no fan-out).
+fn replica_merge(node: &TestNode, group: u32) -> api::MergeResponse {
+    let engine = node
+        .state
+        .cluster
+        .replica(group)
+        .expect("replica")
+        .engine
+        .clone()
+        .expect("engine");
+    engine
+        .merge(&api::MergeRequest {
+            selection: Some(api::Selection {
+                selector: r#"process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta{service="faults"}"#.into(),
+                start_unix_ms: 0,
+                end_unix_ms: 0,
+            }),
+            format: api::MergeFormat::Folded as i32,
+            options: None,
+            min_node_fraction: 0.0,
+            top_limit: 0,
+        })
+        .expect("merge")
+}
+
+/// Proposals leave out the stacks and symbols their group already stores. Every
+/// replica must still store the same data: one that caught up by snapshot, one that
+/// proposes right after installing one, and followers applying stripped entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stripping_every_replica_stores_the_same_data_when_entries_leave_out_stored_content() {
+    let nodes = start_cluster(3).await;
+    let files = ["cpu.pb.gz", "cpu-1.pb.gz", "cpu-2.pb.gz", "cpu-3.pb.gz"];
+    let (leader, lagging) = cut_off_one_follower(&nodes, 1);
+    for round in 0..8 {
+        node(&nodes, leader)
+            .state
+            .cluster
+            .write(write_request_of(
+                &format!("strip-{round}"),
+                round,
+                files[round % 4],
+            ))
+            .await
+            .expect("write while one replica lags");
+    }
+    let covered = snapshot_and_purge(node(&nodes, leader), 1).await;
+    for each in &nodes {
+        each.state.cluster.faults.heal();
+    }
+    wait_for("the lagging replica to catch up", || {
+        applied(node(&nodes, lagging), 1) >= covered
+    })
+    .await;
+    // Now from every node, the caught-up one included: the same pprofs again under
+    // new labels, so every stack is already stored somewhere.
+    for round in 8..20 {
+        nodes[round % 3]
+            .state
+            .cluster
+            .write(write_request_of(
+                &format!("strip-{round}"),
+                round,
+                files[round % 4],
+            ))
+            .await
+            .expect("write");
+    }
+    for group in [1, 2] {
+        let leader = leader_of(&nodes, group).expect("leader");
+        let target = applied(node(&nodes, leader), group);
+        wait_for(&format!("every replica of group {group} to apply"), || {
+            nodes.iter().all(|each| applied(each, group) >= target)
+        })
+        .await;
+        let expected = replica_merge(node(&nodes, leader), group);
+        for each in &nodes {
+            assert_eq!(
+                replica_merge(each, group),
+                expected,
+                "node {} stores other data than group {group}'s leader",
+                each.id()
+            );
+        }
+    }
+    let stripped_stacks: u64 = nodes
+        .iter()
+        .map(|each| each.state.metrics.proposal_stacks_stripped.get())
+        .sum();
+    let stripped_symbols: u64 = nodes
+        .iter()
+        .map(|each| each.state.metrics.proposal_symbols_stripped.get())
+        .sum();
+    assert!(stripped_stacks > 0, "no proposal left out a stored stack");
+    assert!(stripped_symbols > 0, "no proposal left out a stored symbol");
+    for each in &nodes {
+        assert_eq!(
+            each.state.metrics.stack_content_missing.get(),
+            0,
+            "node {}",
+            each.id()
+        );
+    }
     stop_all(nodes).await;
 }
 

@@ -628,7 +628,18 @@ impl Cluster {
             return Err(unavailable("the cluster map is not known yet; retry shortly"));
         }
         let pprof_count = prepared.pprof_count;
-        let parts = prepared.split_by_group(|hash| view.group_of(hash).unwrap_or(1));
+        let mut parts = prepared.split_by_group(|hash| view.group_of(hash).unwrap_or(1));
+        for (group, part) in &mut parts {
+            let Some(committed) = self
+                .replica(*group)
+                .and_then(|replica| replica.writer.as_ref().map(|writer| writer.committed_content()))
+            else {
+                continue;
+            };
+            let stripped = part.strip_committed(&committed);
+            self.metrics.proposal_stacks_stripped.inc_by(stripped.stacks);
+            self.metrics.proposal_symbols_stripped.inc_by(stripped.symbols);
+        }
         let proposals = parts.into_iter().map(|(group, part)| async move {
             match self.propose(group, Command::Write(part)).await? {
                 CommandResponse::Written(outcome) => Ok(outcome),

@@ -8,6 +8,7 @@
 
 pub mod blocks;
 pub mod codec;
+pub mod committed;
 pub mod keys;
 pub mod postings;
 pub mod symbols;
@@ -148,6 +149,9 @@ impl<K: std::hash::Hash + Eq, V: Clone> ImmutableCache<K, V> {
 /// Decoded stack records by (group, dense stack id).
 pub type StackCache = ImmutableCache<(GroupId, u64), Arc<[u64]>>;
 
+/// Encoded symbol records by (kind, content id), shared by every group.
+pub type SymbolCache = ImmutableCache<(u8, u64), Arc<[u8]>>;
+
 /// The node's storage: a RocksDB handle plus read caches. Cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
@@ -156,6 +160,11 @@ pub struct Storage {
     /// are per group, so the group is part of the key; a group whose data is
     /// replaced (raft snapshot) or dropped is forgotten with [`Storage::forget_group`].
     pub stack_cache: Arc<StackCache>,
+    /// Encoded symbol records by (kind, content id). No group in the key: a content
+    /// id is the hash of the record, so every group that stores it stores the same
+    /// bytes, and a fanned-out query resolves a symbol its groups share once, not
+    /// once per group. Never stale, so never forgotten.
+    symbol_cache: Arc<SymbolCache>,
     options: StorageOptions,
 }
 
@@ -206,7 +215,11 @@ impl Storage {
         // A WAL file is kept until every column family's memtable holding data from
         // it is flushed; rarely written families (`meta`) would otherwise keep
         // gigabytes of WAL alive. Past this size RocksDB flushes those families.
-        options.set_max_total_wal_size(256 << 20);
+        // Small on purpose: it also bounds how much recent data sits in memtables,
+        // where fanned-out merges read it markedly slower than from SST blocks
+        // (BENCHMARKS.md, "Cluster": 1.54x the one-group merge at 256 MiB, 1.08x at
+        // 16 MiB, same quick run otherwise).
+        options.set_max_total_wal_size(32 << 20);
         let descriptors = keys::COLUMN_FAMILIES
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, column_family_options(name, &cache)));
@@ -214,6 +227,7 @@ impl Storage {
         Ok(Storage {
             db: Arc::new(db),
             stack_cache: Arc::new(ImmutableCache::new(storage_options.symbol_cache_entries)),
+            symbol_cache: Arc::new(ImmutableCache::new(storage_options.symbol_cache_entries)),
             options: storage_options,
         })
     }
@@ -407,17 +421,34 @@ impl Storage {
     /// Raw symbol records of one kind, by content id; missing ids are an error
     /// (every referenced symbol is written in the same batch as its referrer).
     pub fn symbols(&self, group: GroupId, kind: SymbolKind, ids: &[u64]) -> Result<Vec<Vec<u8>>, NodeError> {
-        let symbol_keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::symbol_key(group, kind, *id)).collect();
-        let values = self.multi_get(keys::CF_SYMBOLS, &symbol_keys)?;
-        values
-            .into_iter()
-            .zip(ids)
-            .map(|(value, id)| {
-                value.ok_or_else(|| {
-                    NodeError::Corrupt(format!("symbol {kind:?} {id:#x} is referenced but not stored"))
-                })
+        let mut result: Vec<Option<Vec<u8>>> = ids
+            .iter()
+            .map(|id| {
+                self.symbol_cache
+                    .get((kind as u8, *id))
+                    .map(|bytes| bytes.to_vec())
             })
-            .collect()
+            .collect();
+        let missing: Vec<usize> = (0..ids.len()).filter(|index| result[*index].is_none()).collect();
+        if !missing.is_empty() {
+            let symbol_keys: Vec<Vec<u8>> = missing
+                .iter()
+                .map(|index| keys::symbol_key(group, kind, ids[*index]))
+                .collect();
+            let values = self.multi_get(keys::CF_SYMBOLS, &symbol_keys)?;
+            for (index, value) in missing.into_iter().zip(values) {
+                let Some(bytes) = value else {
+                    return Err(NodeError::Corrupt(format!(
+                        "symbol {kind:?} {:#x} is referenced but not stored",
+                        ids[index]
+                    )));
+                };
+                self.symbol_cache
+                    .insert((kind as u8, ids[index]), Arc::from(bytes.as_slice()));
+                result[index] = Some(bytes);
+            }
+        }
+        Ok(result.into_iter().flatten().collect())
     }
 
     /// Flushes memtables (used at shutdown so the next start replays little WAL).

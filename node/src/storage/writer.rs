@@ -21,9 +21,10 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::{mpsc, oneshot};
 
 use super::blocks::encode_block;
+use super::committed::CommittedContent;
 use super::keys::{self, GroupId, SymbolKind};
 use super::postings::{add_operand, remove_operand};
-use super::symbols::ContentIdHash;
+use super::symbols::{encode_stack, ContentIdHash};
 use super::{SeriesRecord, Storage};
 use crate::error::NodeError;
 use crate::ingest::PreparedWrite;
@@ -89,6 +90,7 @@ pub struct Writer {
     sender: parking_lot::Mutex<Option<mpsc::Sender<Job>>>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     metrics: Arc<Metrics>,
+    committed: Arc<CommittedContent>,
 }
 
 impl Writer {
@@ -125,6 +127,7 @@ impl Writer {
     ) -> Result<Writer, NodeError> {
         let mut state = WriterState::load(storage, group, metrics.clone())?;
         state.sync_commits = sync_commits;
+        let committed = state.committed.clone();
         let (sender, receiver) = mpsc::channel(queue_depth.max(1));
         let thread = std::thread::Builder::new()
             .name(format!("kiln-writer-{group}"))
@@ -134,7 +137,14 @@ impl Writer {
             sender: parking_lot::Mutex::new(Some(sender)),
             thread: parking_lot::Mutex::new(Some(thread)),
             metrics,
+            committed,
         })
+    }
+
+    /// The stacks and symbols this group has committed (a bounded subset), for
+    /// stripping them from proposals; see [`CommittedContent`] for why that is safe.
+    pub fn committed_content(&self) -> Arc<CommittedContent> {
+        self.committed.clone()
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Job>, NodeError> {
@@ -230,6 +240,12 @@ struct WriterState {
     cache_capacity: usize,
     /// fsync every commit (false only when a raft log makes the data durable).
     sync_commits: bool,
+    /// Content the group holds once the batch being staged commits.
+    committed: Arc<CommittedContent>,
+    /// Stack hashes the batch being staged stores or references.
+    staged_stacks: Vec<u64>,
+    /// Symbol ids the batch being staged stores or references.
+    staged_symbols: Vec<(u8, u64)>,
 }
 
 fn read_counter(storage: &Storage, key: &[u8]) -> Result<u64, NodeError> {
@@ -268,6 +284,9 @@ impl WriterState {
             last_seen: HashMap::new(),
             cache_capacity,
             sync_commits: true,
+            committed: Arc::new(CommittedContent::new(cache_capacity * 4)),
+            staged_stacks: Vec::new(),
+            staged_symbols: Vec::new(),
         };
         state.reload()?;
         Ok(state)
@@ -282,6 +301,9 @@ impl WriterState {
         self.stack_ids.clear();
         self.known_symbols.clear();
         self.last_seen.clear();
+        self.committed.clear();
+        self.staged_stacks.clear();
+        self.staged_symbols.clear();
         Ok(())
     }
 
@@ -384,6 +406,9 @@ impl WriterState {
         self.metrics.commit_batch_size.observe(write_count as f64);
         match result {
             Ok(()) => {
+                self.committed.record(&self.staged_stacks, &self.staged_symbols);
+                self.staged_stacks.clear();
+                self.staged_symbols.clear();
                 // Ingest counters are kept where a write is acknowledged (once per
                 // request), not here, where every replica applies every part.
                 for (reply, job_outcomes) in replies.into_iter().zip(outcomes) {
@@ -391,6 +416,8 @@ impl WriterState {
                 }
             }
             Err(error) => {
+                self.staged_stacks.clear();
+                self.staged_symbols.clear();
                 tracing::error!(%error, "group commit failed; no write of the batch was stored");
                 self.reload_or_log();
                 let message = error.to_string();
@@ -461,6 +488,7 @@ impl WriterState {
         let meta_cf = storage.cf(keys::CF_META)?;
         let series_cf = storage.cf(keys::CF_SERIES)?;
         for symbol in &write.symbols {
+            self.staged_symbols.push((symbol.kind as u8, symbol.id));
             if self.known_symbols.len() >= self.cache_capacity * 4 {
                 self.known_symbols.clear();
             }
@@ -493,7 +521,7 @@ impl WriterState {
             let mut samples = Vec::with_capacity(profile.values.len());
             for (stack_index, value) in &profile.values {
                 let stack = &profile.stacks[*stack_index as usize];
-                let dense = self.stack_id_for(batch, stack.hash, &stack.encoded)?;
+                let dense = self.stack_id_for(batch, stack.hash, stack.encoded.as_deref())?;
                 samples.push((dense, *value));
             }
             // Distinct stack hashes get distinct dense ids, so ids are unique here,
@@ -589,7 +617,16 @@ impl WriterState {
         Ok(ordinal)
     }
 
-    fn stack_id_for(&mut self, batch: &mut WriteBatch, hash: u64, encoded: &[u8]) -> Result<u64, NodeError> {
+    /// The dense id of the stack with content hash `hash`, creating it from `encoded`
+    /// when the group does not store it yet. `encoded` is `None` when the proposer
+    /// stripped a stack the group already stored (see [`CommittedContent`]).
+    fn stack_id_for(
+        &mut self,
+        batch: &mut WriteBatch,
+        hash: u64,
+        encoded: Option<&[u8]>,
+    ) -> Result<u64, NodeError> {
+        self.staged_stacks.push(hash);
         if let Some(id) = self.stack_ids.get(&hash) {
             return Ok(*id);
         }
@@ -601,11 +638,29 @@ impl WriterState {
                 self.next_stack_id += 1;
                 let storage = self.storage.clone();
                 let symbols_cf = storage.cf(keys::CF_SYMBOLS)?;
+                let placeholder;
+                let record = match encoded {
+                    Some(encoded) => encoded,
+                    None => {
+                        // Stripping guarantees this never happens. Every replica sees
+                        // the same state here, so all take this branch alike; failing
+                        // the apply would stop the group instead.
+                        debug_assert!(false, "stack {hash:016x} stripped from an entry but not stored");
+                        tracing::error!(
+                            group = self.group,
+                            stack = format_args!("{hash:016x}"),
+                            "a stripped stack is not stored in the group; its samples are kept under an empty stack"
+                        );
+                        self.metrics.stack_content_missing.inc();
+                        placeholder = encode_stack(&[]);
+                        placeholder.as_slice()
+                    }
+                };
                 batch.put_cf(symbols_cf, &by_hash, id.to_be_bytes());
                 batch.put_cf(
                     symbols_cf,
                     keys::symbol_key(self.group, SymbolKind::Stack, id),
-                    encoded,
+                    record,
                 );
                 id
             }
