@@ -7,6 +7,8 @@ source scripts/common.sh
 # clang/libclang: RocksDB bindings; golang-go: `go tool pprof` as the reference.
 # libbpf-dev, linux-libc-dev: headers of kiln-agent's BPF program (compiled with clang by agent/build.rs).
 install_missing_packages clang libclang-dev golang-go libbpf-dev linux-libc-dev
+# python3 (a stock interpreter under load) and binutils (objdump) for the agent's DWARF unwinding test.
+install_missing_packages python3 binutils
 # chromium: the web UI's end-to-end test drives Debian's headless chromium (ui/e2e).
 install_missing_packages chromium
 if [ ! -d ../shared/testdata ]; then

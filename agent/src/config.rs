@@ -108,6 +108,38 @@ pub struct ProfilerConfig {
     pub max_stacks: u32,
     /// Where process information is read (tests point this elsewhere).
     pub proc_root: PathBuf,
+    /// User stack unwinder: `dwarf` (.eh_frame/.debug_frame, frame pointers as the fallback) or `fp`
+    /// (the kernel's frame-pointer walk only).
+    pub unwinder: UnwinderMode,
+    /// Bytes of user stack the BPF program copies per sample for DWARF unwinding (1024..=32768).
+    pub stack_copy_bytes: u32,
+    /// Size of the ring buffer carrying DWARF-mode samples to user space (power of two, >= 64 KiB).
+    pub ring_buffer_bytes: u32,
+    /// Budget for unwind tables kept in memory; least recently used files are dropped beyond it.
+    pub unwind_table_max_bytes: u64,
+}
+
+/// Which unwinder produces user stacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnwinderMode {
+    /// DWARF unwinding of a copy of the user stack, falling back to frame pointers per sample.
+    #[default]
+    Dwarf,
+    /// Frame pointers only (no stack copies, counts aggregated in the kernel).
+    Fp,
+}
+
+impl std::str::FromStr for UnwinderMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "dwarf" => Ok(UnwinderMode::Dwarf),
+            "fp" => Ok(UnwinderMode::Fp),
+            other => Err(format!("unknown unwinder {other:?}: expected dwarf or fp")),
+        }
+    }
 }
 
 impl Default for ProfilerConfig {
@@ -120,6 +152,10 @@ impl Default for ProfilerConfig {
             max_keys: 16384,
             max_stacks: 16384,
             proc_root: PathBuf::from("/proc"),
+            unwinder: UnwinderMode::Dwarf,
+            stack_copy_bytes: 16384,
+            ring_buffer_bytes: 4 * 1024 * 1024,
+            unwind_table_max_bytes: crate::unwind::DEFAULT_MAX_TABLE_BYTES as u64,
         }
     }
 }
@@ -290,6 +326,19 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "profiler.drain_interval must be at least 100ms".into(),
             ));
+        }
+        if !(1024..=crate::bpf::MAX_STACK_COPY_BYTES).contains(&profiler.stack_copy_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "profiler.stack_copy_bytes must be in 1024..={}, got {}",
+                crate::bpf::MAX_STACK_COPY_BYTES,
+                profiler.stack_copy_bytes
+            )));
+        }
+        if profiler.ring_buffer_bytes < 64 * 1024 || !profiler.ring_buffer_bytes.is_power_of_two() {
+            return Err(ConfigError::Invalid(format!(
+                "profiler.ring_buffer_bytes must be a power of two of at least 65536, got {}",
+                profiler.ring_buffer_bytes
+            )));
         }
         for name in self.labels.keys() {
             if !kiln_model::labels::is_valid_label_name(name) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kiln_proto::kiln::v1::{Label, RawProfile, SeriesWrite, WriteRequest};
 
-use crate::bpf::{BpfStats, RawSample, Sampler};
+use crate::bpf::{resolve_stack, stack_lost, BpfStats, RawSample, Sampler, StackEnd, StackEvent, Unwinder};
 use crate::metrics::Metrics;
 use crate::process::{parse_cgroup_identity, read_pod_names, ProcessCache, ProcessInfo};
 use crate::profile::{encode_gzipped, MappingKey, ProfileBuilder, StackFrame};
@@ -17,12 +17,22 @@ use crate::push::Outbox;
 use crate::relabel::{self, Labels, Rule};
 use crate::shutdown::Shutdown;
 use crate::symbolize::{Frame, Frames, Symbolizer};
+use crate::unwind::{CapturedStack, DwarfUnwinder, UnwoundStack};
 
 /// A write request is cut before its profiles pass this size (under the node's 4 MiB default message).
 const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
 
 /// How often, between drains, the pids sampled so far are read from `/proc` (to catch short-lived ones).
 const PEEK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the stack event ring buffer is consumed (and its stacks unwound) between drains. The ring
+/// holds seconds of samples at this host's rate; consuming often keeps it far from full and keeps only
+/// unwound (small, aggregated) stacks in memory, never the copied stack bytes.
+const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A process' maps are re-read (at most this often) when a sample's instruction pointer is in none of
+/// its known mappings: it mapped a library or exec'd since they were read.
+const MAPS_REFRESH_ON_MISS: Duration = Duration::from_secs(1);
 
 /// Where kernel addresses live in the profile.
 fn kernel_mapping() -> MappingKey {
@@ -55,6 +65,124 @@ pub struct CpuProfiler {
     pub drain_interval: Duration,
     /// `/proc`.
     pub proc_root: PathBuf,
+    /// Budget for DWARF unwind tables in memory.
+    pub unwind_table_max_bytes: usize,
+}
+
+/// A DWARF-mode sample after unwinding, before its stack ids are resolved at the drain. Identical ones
+/// are aggregated, so memory grows with distinct stacks, not with samples.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PendingSample {
+    /// Process id.
+    pub pid: u32,
+    /// The frame-pointer stack id (fallback) in the generation's stack map.
+    pub user_stack_id: i32,
+    /// The kernel stack id in the generation's stack map.
+    pub kernel_stack_id: i32,
+    /// The DWARF walk.
+    pub unwound: UnwoundStack,
+}
+
+/// DWARF-mode samples waiting for their generation's drain, per generation.
+pub type PendingSamples = [HashMap<PendingSample, u64>; 2];
+
+/// Unwinds one stack event of the ring buffer and adds it to its generation's pending samples.
+pub fn handle_stack_event(
+    event: &StackEvent<'_>,
+    processes: &mut ProcessCache,
+    unwinder: &mut DwarfUnwinder,
+    pending: &mut PendingSamples,
+) {
+    let known_leaf = {
+        let info = processes.get(event.pid);
+        !info.known || info.mapping_for(event.ip).is_some()
+    };
+    if !known_leaf {
+        processes.refresh_if_older(event.pid, MAPS_REFRESH_ON_MISS);
+    }
+    let proc_root = processes.root().to_path_buf();
+    let (info, read_at) = processes.get_stamped(event.pid);
+    let unwound = unwinder.unwind(
+        &proc_root,
+        event.pid,
+        info,
+        read_at,
+        &CapturedStack {
+            ip: event.ip,
+            sp: event.sp,
+            bp: event.bp,
+            stack: event.stack,
+            copy_full: event.copy_full,
+        },
+    );
+    let key = PendingSample {
+        pid: event.pid,
+        user_stack_id: event.user_stack_id,
+        kernel_stack_id: event.kernel_stack_id,
+        unwound,
+    };
+    *pending[(event.generation & 1) as usize].entry(key).or_insert(0) += 1;
+}
+
+/// How many leading addresses of a frame-pointer stack are worth keeping: up to and including the first
+/// address outside every mapping (a frame-pointer walk through code without frame pointers goes on
+/// through garbage after it). A process we know nothing about keeps only its leaf.
+pub fn usable_frame_pointer_frames(info: &ProcessInfo, user_stack: &[u64]) -> usize {
+    if !info.known {
+        return user_stack.len().min(1);
+    }
+    user_stack
+        .iter()
+        .position(|address| info.mapping_for(*address).is_none())
+        .map_or(user_stack.len(), |first_unmapped| first_unmapped + 1)
+}
+
+/// Why a DWARF-mode sample ended up with its frame-pointer stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackReason {
+    /// The DWARF walk gave fewer frames than the frame-pointer walk.
+    FewerFrames,
+}
+
+/// Turns the pending DWARF samples of a drained generation into samples, resolving their stack ids
+/// against that generation's stack map. Each keeps the DWARF stack unless the frame-pointer stack of
+/// the same sample is deeper (then it is labelled `fp`; `on_fallback` is told).
+pub fn resolve_pending(
+    pending: HashMap<PendingSample, u64>,
+    stacks: &HashMap<i32, Vec<u64>>,
+    processes: &mut ProcessCache,
+    mut on_fallback: impl FnMut(FallbackReason, u64),
+) -> Vec<RawSample> {
+    pending
+        .into_iter()
+        .map(|(sample, count)| {
+            let frame_pointer_stack = resolve_stack(stacks, sample.user_stack_id);
+            let info = processes.get(sample.pid);
+            let usable = usable_frame_pointer_frames(info, &frame_pointer_stack);
+            let (user_stack, unwinder, user_stack_end, user_stack_lost) =
+                if sample.unwound.frames.len() < usable {
+                    on_fallback(FallbackReason::FewerFrames, count);
+                    (
+                        frame_pointer_stack,
+                        Unwinder::FramePointer,
+                        StackEnd::Complete,
+                        stack_lost(sample.user_stack_id),
+                    )
+                } else {
+                    (sample.unwound.frames, Unwinder::Dwarf, sample.unwound.end, false)
+                };
+            RawSample {
+                pid: sample.pid,
+                user_stack,
+                kernel_stack: resolve_stack(stacks, sample.kernel_stack_id),
+                user_stack_lost,
+                kernel_stack_lost: stack_lost(sample.kernel_stack_id),
+                count,
+                unwinder,
+                user_stack_end,
+            }
+        })
+        .collect()
 }
 
 /// Labels of one process before relabeling.
@@ -121,32 +249,66 @@ impl CpuProfiler {
         samples: Vec<RawSample>,
         processes: &mut ProcessCache,
         symbolizer: &mut Symbolizer,
-        labels_cache: &mut HashMap<u32, Option<Labels>>,
+        labels_cache: &mut HashMap<(u32, Unwinder), Option<Labels>>,
     ) -> CycleOutput {
         let mut output = CycleOutput {
             keys: samples.len(),
             ..Default::default()
         };
-        let mut by_pid: BTreeMap<u32, Vec<RawSample>> = BTreeMap::new();
+        // One series per process and unwinder: the `unwinder` label says which one made the stacks.
+        let mut by_pid: BTreeMap<(u32, Unwinder), Vec<RawSample>> = BTreeMap::new();
         for sample in samples {
-            by_pid.entry(sample.pid).or_default().push(sample);
+            self.metrics
+                .unwinder_samples(sample.unwinder)
+                .inc_by(sample.count);
+            by_pid
+                .entry((sample.pid, sample.unwinder))
+                .or_default()
+                .push(sample);
         }
-        for (pid, samples) in by_pid {
-            let info = processes.get(pid).clone();
-            let labels = labels_cache
-                .entry(pid)
-                .or_insert_with(|| {
-                    relabel::apply(
-                        &self.rules,
-                        process_labels(
-                            &info,
-                            pid,
-                            &self.proc_root,
-                            &self.node_name,
-                            &self.static_labels,
-                            self.pid_label,
-                        ),
+        let infos: HashMap<u32, ProcessInfo> = by_pid
+            .keys()
+            .map(|(pid, _)| (*pid, processes.get(*pid).clone()))
+            .collect();
+        // Symbolize the cycle's user addresses file by file first (see `Symbolizer::prefetch_user`: it
+        // bounds the memory blazesym holds to one file); the stacks below are then answered from the
+        // cache. A panic here loses nothing: the per-process path below symbolizes what is missing and
+        // contains its own panics.
+        let prefetch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let stacks = by_pid.iter().flat_map(|((pid, _), samples)| {
+                let info = &infos[pid];
+                samples.iter().map(move |sample| {
+                    let usable = usable_frame_pointer_frames(info, &sample.user_stack);
+                    (
+                        *pid,
+                        info,
+                        &sample.user_stack[..usable.min(sample.user_stack.len())],
                     )
+                })
+            });
+            symbolizer.prefetch_user(&self.proc_root, stacks);
+        }));
+        if prefetch.is_err() {
+            tracing::error!("symbolization panicked while prefetching a cycle's addresses");
+            symbolizer.release_parsed_files();
+        }
+        for ((pid, unwinder), samples) in by_pid {
+            let Some(info) = infos.get(&pid).cloned() else {
+                continue; // every pid of by_pid is in infos
+            };
+            let labels = labels_cache
+                .entry((pid, unwinder))
+                .or_insert_with(|| {
+                    let mut labels = process_labels(
+                        &info,
+                        pid,
+                        &self.proc_root,
+                        &self.node_name,
+                        &self.static_labels,
+                        self.pid_label,
+                    );
+                    labels.insert("unwinder".to_string(), unwinder.label().to_string());
+                    relabel::apply(&self.rules, labels)
                 })
                 .clone();
             let Some(labels) = labels else {
@@ -223,18 +385,16 @@ impl CpuProfiler {
         if !sample.user_stack.is_empty() {
             // A frame-pointer walk through code built without frame pointers yields garbage after the
             // first bad frame; an address outside every mapping marks that point: keep one unknown frame
-            // for it and drop the rest. (A process we know nothing about keeps only that one frame.)
-            let mapped = if info.known {
-                sample
-                    .user_stack
-                    .iter()
-                    .position(|address| info.mapping_for(*address).is_none())
-                    .map_or(sample.user_stack.len(), |first_unmapped| first_unmapped + 1)
-            } else {
-                1
-            };
+            // for it and drop the rest. (A DWARF walk never goes past such an address.)
+            let mapped = usable_frame_pointer_frames(info, &sample.user_stack);
             let user_stack = &sample.user_stack[..mapped.min(sample.user_stack.len())];
-            let frames = symbolizer.user_frames(proc_root, pid, info, user_stack);
+            let mut frames = symbolizer.user_frames(proc_root, pid, info, user_stack);
+            // The DWARF walk stopped at JIT code: its last frame is in memory without a file or tables.
+            if sample.user_stack_end == StackEnd::Jit {
+                if let Some(last) = frames.last_mut() {
+                    *last = marker("[jit]");
+                }
+            }
             for (address, frames) in user_stack.iter().zip(frames) {
                 let mapping = info.mapping_for(*address).map(|mapping| MappingKey {
                     start: mapping.start,
@@ -247,6 +407,14 @@ impl CpuProfiler {
                     address: *address,
                     mapping,
                     frames,
+                });
+            }
+            // Cut at the depth limit or the end of the stack copy: say so at the root end.
+            if sample.user_stack_end == StackEnd::Truncated {
+                stack.push(StackFrame {
+                    address: 0,
+                    mapping: None,
+                    frames: marker("[truncated]"),
                 });
             }
         }
@@ -295,9 +463,14 @@ impl CpuProfiler {
         let mut processes =
             ProcessCache::new(&self.proc_root, Duration::from_secs(30), Duration::from_secs(600));
         let mut symbolizer = Symbolizer::new(200_000);
+        let mut unwinder = DwarfUnwinder::new(self.unwind_table_max_bytes);
+        let mut pending: PendingSamples = Default::default();
         let mut previous_stats = BpfStats::default();
+        let mut previous_unwind = unwinder.stats();
         let mut cycle_start = SystemTime::now();
         let mut next_drain = Instant::now() + self.drain_interval;
+        let mut next_peek = Instant::now() + PEEK_INTERVAL;
+        let dwarf = sampler.dwarf_mode();
         loop {
             let stopping = loop {
                 if shutdown.is_triggered() {
@@ -307,12 +480,26 @@ impl CpuProfiler {
                 if now >= next_drain {
                     break false;
                 }
+                let poll = if dwarf {
+                    EVENT_POLL_INTERVAL
+                } else {
+                    Duration::from_millis(250)
+                };
                 std::thread::sleep(
-                    PEEK_INTERVAL
-                        .min(next_drain - now)
-                        .min(Duration::from_millis(250)),
+                    poll.min(next_drain - now)
+                        .min(next_peek.saturating_duration_since(now)),
                 );
-                if Instant::now() + PEEK_INTERVAL >= next_drain {
+                if dwarf {
+                    sampler.poll_events(&mut |event| {
+                        handle_stack_event(event, &mut processes, &mut unwinder, &mut pending)
+                    });
+                }
+                let now = Instant::now();
+                if now < next_peek {
+                    continue;
+                }
+                next_peek = now + PEEK_INTERVAL;
+                if now + PEEK_INTERVAL >= next_drain {
                     continue;
                 }
                 for pid in sampler.peek_pids() {
@@ -324,9 +511,23 @@ impl CpuProfiler {
                 next_drain = Instant::now() + self.drain_interval;
             }
             let cycle_end = SystemTime::now();
-            match sampler.drain() {
-                Ok(samples) => {
+            let drained = sampler
+                .drain(&mut |event| handle_stack_event(event, &mut processes, &mut unwinder, &mut pending));
+            match drained {
+                Ok(drained) => {
                     self.update_stats(&sampler, &mut previous_stats);
+                    let mut samples = drained.samples;
+                    let generation_pending = std::mem::take(&mut pending[drained.generation as usize]);
+                    let fallbacks = Metrics::kind(&self.metrics.dwarf_fallbacks, "fewer_frames");
+                    samples.extend(resolve_pending(
+                        generation_pending,
+                        &drained.stacks,
+                        &mut processes,
+                        |_, count| {
+                            fallbacks.inc_by(count);
+                        },
+                    ));
+                    self.update_unwind_stats(&unwinder, &mut previous_unwind);
                     let failures_before = symbolizer.stats().failures;
                     // Labels depend on /proc and are recomputed every cycle (pid reuse, exec).
                     let mut labels_cache = HashMap::new();
@@ -349,6 +550,7 @@ impl CpuProfiler {
                     self.metrics.cycle_errors.inc();
                 }
             }
+            unwinder.end_cycle();
             cycle_start = cycle_end;
             processes.expire();
             // Parsed DWARF and mapped files are the bulk of the memory: release them after every cycle;
@@ -358,6 +560,25 @@ impl CpuProfiler {
                 return;
             }
         }
+    }
+
+    fn update_unwind_stats(&self, unwinder: &DwarfUnwinder, previous: &mut crate::unwind::UnwindStats) {
+        let now = unwinder.stats();
+        let delta = |now: u64, before: u64| now.saturating_sub(before);
+        self.metrics
+            .dwarf_unwound
+            .inc_by(delta(now.stacks, previous.stacks));
+        self.metrics
+            .dwarf_unwind_nanoseconds
+            .inc_by(delta(now.unwind_nanos, previous.unwind_nanos));
+        Metrics::kind(&self.metrics.dwarf_stack_ends, "truncated")
+            .inc_by(delta(now.truncated, previous.truncated));
+        Metrics::kind(&self.metrics.dwarf_stack_ends, "jit").inc_by(delta(now.jit, previous.jit));
+        self.metrics.unwind_table_bytes.set(unwinder.table_bytes() as u64);
+        self.metrics
+            .unwind_table_files
+            .set(unwinder.cached_files() as u64);
+        *previous = now;
     }
 
     fn update_stats(&self, sampler: &Sampler, previous: &mut BpfStats) {
@@ -374,6 +595,13 @@ impl CpuProfiler {
             .inc_by(delta(now.kernel_collisions, previous.kernel_collisions));
         Metrics::kind(&self.metrics.stack_errors, "stack_map_full")
             .inc_by(delta(now.stack_map_full, previous.stack_map_full));
+        Metrics::kind(&self.metrics.dwarf_fallbacks, "ring_full")
+            .inc_by(delta(now.ring_full, previous.ring_full));
+        Metrics::kind(&self.metrics.dwarf_fallbacks, "copy_failed")
+            .inc_by(delta(now.copy_failed, previous.copy_failed));
+        self.metrics
+            .stack_copy_full
+            .inc_by(delta(now.copy_full, previous.copy_full));
         if now.nested > previous.nested {
             tracing::warn!(
                 count = now.nested - previous.nested,
@@ -451,6 +679,7 @@ mod tests {
             frequency_hz: 19,
             drain_interval: Duration::from_secs(10),
             proc_root: PathBuf::from("/proc"),
+            unwind_table_max_bytes: crate::unwind::DEFAULT_MAX_TABLE_BYTES,
         }
     }
 
@@ -466,6 +695,8 @@ mod tests {
             user_stack_lost: false,
             kernel_stack_lost: true,
             count: 3,
+            unwinder: Unwinder::FramePointer,
+            user_stack_end: StackEnd::Complete,
         }];
         let mut processes = ProcessCache::new("/proc", Duration::ZERO, Duration::from_secs(60));
         let mut symbolizer = Symbolizer::new(1024);
@@ -502,6 +733,8 @@ mod tests {
             user_stack_lost: false,
             kernel_stack_lost: false,
             count: 1,
+            unwinder: Unwinder::FramePointer,
+            user_stack_end: StackEnd::Complete,
         }];
         let mut processes = ProcessCache::new("/proc", Duration::ZERO, Duration::from_secs(60));
         let mut symbolizer = Symbolizer::new(1024);
@@ -531,6 +764,8 @@ mod tests {
             user_stack_lost: false,
             kernel_stack_lost: false,
             count: 2,
+            unwinder: Unwinder::FramePointer,
+            user_stack_end: StackEnd::Complete,
         }];
         let mut processes = ProcessCache::new("/proc", Duration::ZERO, Duration::from_secs(60));
         let mut symbolizer = Symbolizer::new(1024);
@@ -543,5 +778,113 @@ mod tests {
         assert_eq!(parsed.profile_types("process_cpu", true).len(), 2);
         let mapping: Vec<Mapping> = processes.get(pid).mappings.clone();
         assert!(!mapping.is_empty());
+    }
+
+    fn function_names(builder: ProfileBuilder) -> Vec<Vec<String>> {
+        let profile = builder.finish(0, 1, 1);
+        profile
+            .sample
+            .iter()
+            .map(|sample| {
+                sample
+                    .location_id
+                    .iter()
+                    .map(|id| {
+                        let location = &profile.location[(*id - 1) as usize];
+                        let function = &profile.function[(location.line[0].function_id - 1) as usize];
+                        profile.string_table[function.name as usize].clone()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dwarf_stacks_get_their_label_and_markers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profiler = profiler(dir.path());
+        let pid = std::process::id();
+        let address = dwarf_stacks_get_their_label_and_markers as fn() as usize as u64;
+        let sample = |end: StackEnd, unwinder: Unwinder| RawSample {
+            pid,
+            user_stack: vec![address, address + 1],
+            kernel_stack: vec![],
+            user_stack_lost: false,
+            kernel_stack_lost: false,
+            count: 1,
+            unwinder,
+            user_stack_end: end,
+        };
+        let samples = vec![
+            sample(StackEnd::Truncated, Unwinder::Dwarf),
+            sample(StackEnd::Jit, Unwinder::Dwarf),
+            sample(StackEnd::Complete, Unwinder::FramePointer),
+        ];
+        let mut processes = ProcessCache::new("/proc", Duration::ZERO, Duration::from_secs(60));
+        let mut symbolizer = Symbolizer::new(1024);
+        let output = profiler.build_cycle(samples, &mut processes, &mut symbolizer, &mut HashMap::new());
+        assert_eq!(output.series.len(), 2, "one series per unwinder");
+        for (labels, builder) in output.series {
+            let stacks = function_names(builder);
+            match labels.get("unwinder").map(String::as_str) {
+                Some("dwarf") => {
+                    assert_eq!(stacks.len(), 2);
+                    assert!(
+                        stacks
+                            .iter()
+                            .any(|stack| stack.last().map(String::as_str) == Some("[truncated]")),
+                        "{stacks:?}"
+                    );
+                    // The JIT frame replaces the last (root-most) frame of the walk.
+                    assert!(
+                        stacks.iter().any(|stack| stack.len() == 2 && stack[1] == "[jit]"),
+                        "{stacks:?}"
+                    );
+                }
+                Some("fp") => {
+                    assert_eq!(stacks.len(), 1);
+                    assert!(!stacks[0].iter().any(|name| name.starts_with('[')), "{stacks:?}");
+                }
+                other => panic!("unexpected unwinder label {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn dwarf_walks_shallower_than_frame_pointers_fall_back() {
+        let pid = std::process::id();
+        let address = dwarf_walks_shallower_than_frame_pointers_fall_back as fn() as usize as u64;
+        let mut stacks = HashMap::new();
+        stacks.insert(5, vec![address, address + 1, address + 2]);
+        stacks.insert(6, vec![address]);
+        stacks.insert(7, vec![0xffff_ffff_8100_0000]);
+        let pending_sample = |user_stack_id: i32, frames: Vec<u64>| PendingSample {
+            pid,
+            user_stack_id,
+            kernel_stack_id: 7,
+            unwound: UnwoundStack {
+                frames,
+                end: StackEnd::Complete,
+            },
+        };
+        let mut pending = HashMap::new();
+        // Shallower than its frame-pointer stack (3 frames): falls back.
+        pending.insert(pending_sample(5, vec![address]), 4);
+        // Deeper than its frame-pointer stack (1 frame): stays DWARF.
+        pending.insert(pending_sample(6, vec![address, address + 1]), 2);
+        let mut processes = ProcessCache::new("/proc", Duration::ZERO, Duration::from_secs(60));
+        let mut fallbacks = 0;
+        let mut samples = resolve_pending(pending, &stacks, &mut processes, |reason, count| {
+            assert_eq!(reason, FallbackReason::FewerFrames);
+            fallbacks += count;
+        });
+        samples.sort_by_key(|sample| sample.count);
+        assert_eq!(fallbacks, 4);
+        assert_eq!(samples.len(), 2);
+        assert_eq!(samples[0].unwinder, Unwinder::Dwarf);
+        assert_eq!(samples[0].user_stack, vec![address, address + 1]);
+        assert_eq!(samples[1].unwinder, Unwinder::FramePointer);
+        assert_eq!(samples[1].user_stack.len(), 3);
+        assert_eq!(samples[1].kernel_stack, vec![0xffff_ffff_8100_0000]);
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use kiln_agent::bpf::{Sampler, SamplerOptions};
-use kiln_agent::config::Config;
+use kiln_agent::config::{Config, UnwinderMode};
 use kiln_agent::cpu::CpuProfiler;
 use kiln_agent::metrics::Metrics;
 use kiln_agent::push::{KilnSink, Outbox};
@@ -43,6 +43,12 @@ struct Args {
     /// Add a `pid` label to CPU profiles.
     #[arg(long, env = "KILN_PID_LABEL")]
     pid_label: Option<bool>,
+    /// User stack unwinder: `dwarf` (.eh_frame, frame pointers as fallback) or `fp`.
+    #[arg(long, env = "KILN_UNWINDER")]
+    unwinder: Option<kiln_agent::config::UnwinderMode>,
+    /// User stack bytes copied per sample for DWARF unwinding (1024..=32768).
+    #[arg(long, env = "KILN_STACK_COPY_BYTES")]
+    stack_copy_bytes: Option<u32>,
     /// Disable the eBPF profiler (scrape only).
     #[arg(long, env = "KILN_NO_PROFILER")]
     no_profiler: bool,
@@ -90,6 +96,12 @@ fn merged_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(pid_label) = args.pid_label {
         config.profiler.pid_label = pid_label;
+    }
+    if let Some(unwinder) = args.unwinder {
+        config.profiler.unwinder = unwinder;
+    }
+    if let Some(bytes) = args.stack_copy_bytes {
+        config.profiler.stack_copy_bytes = bytes;
     }
     if args.no_profiler {
         config.profiler.enabled = false;
@@ -213,6 +225,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             frequency_hz: config.profiler.frequency_hz,
             max_keys: config.profiler.max_keys,
             max_stacks: config.profiler.max_stacks,
+            stack_copy_bytes: match config.profiler.unwinder {
+                UnwinderMode::Dwarf => config.profiler.stack_copy_bytes,
+                UnwinderMode::Fp => 0,
+            },
+            ring_buffer_bytes: config.profiler.ring_buffer_bytes,
         };
         match Sampler::start(options) {
             Ok(sampler) => {
@@ -220,6 +237,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 tracing::info!(
                     frequency_hz = config.profiler.frequency_hz,
                     drain_interval = %humantime::format_duration(config.profiler.drain_interval),
+                    unwinder = if sampler.dwarf_mode() { "dwarf" } else { "fp" },
                     "eBPF CPU profiler running"
                 );
                 let profiler = CpuProfiler {
@@ -232,6 +250,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     frequency_hz: config.profiler.frequency_hz,
                     drain_interval: config.profiler.drain_interval,
                     proc_root: config.profiler.proc_root.clone(),
+                    unwind_table_max_bytes: usize::try_from(config.profiler.unwind_table_max_bytes)
+                        .unwrap_or(usize::MAX),
                 };
                 let handle = tokio::runtime::Handle::current();
                 let shutdown = shutdown.clone();

@@ -28,6 +28,13 @@ pub struct ScrapeLabel {
     pub result: String,
 }
 
+/// Label of the per-unwinder sample counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnwinderLabel {
+    /// `dwarf` or `fp`.
+    pub unwinder: String,
+}
+
 /// Every metric the agent exports. Cheap to clone (shared handles).
 #[derive(Clone)]
 pub struct Metrics {
@@ -63,6 +70,23 @@ pub struct Metrics {
     pub scrapes: Family<ScrapeLabel, Counter>,
     /// 1 when the BPF profiler runs.
     pub bpf_running: Gauge,
+    /// Samples by the unwinder that produced their user stack (`dwarf`, `fp`).
+    pub user_stacks: Family<UnwinderLabel, Counter>,
+    /// DWARF-mode samples that got their frame-pointer stack instead, by reason (`fewer_frames`,
+    /// `ring_full`, `copy_failed`).
+    pub dwarf_fallbacks: Family<KindLabel, Counter>,
+    /// Stack copies that hit the configured size.
+    pub stack_copy_full: Counter,
+    /// Stacks unwound with DWARF in user space.
+    pub dwarf_unwound: Counter,
+    /// Nanoseconds spent in DWARF unwinding (per-sample cost = this / `dwarf_unwound`).
+    pub dwarf_unwind_nanoseconds: Counter,
+    /// DWARF stacks ending with a marker, by kind (`truncated`, `jit`).
+    pub dwarf_stack_ends: Family<KindLabel, Counter>,
+    /// Bytes of unwind tables cached.
+    pub unwind_table_bytes: Gauge<u64, AtomicU64>,
+    /// Files in the unwind table cache.
+    pub unwind_table_files: Gauge<u64, AtomicU64>,
     registry: Arc<Registry>,
 }
 
@@ -158,7 +182,63 @@ impl Metrics {
             "1 when the eBPF CPU profiler is running",
             bpf_running.clone(),
         );
+        let user_stacks = Family::<UnwinderLabel, Counter>::default();
+        registry.register(
+            "user_stacks",
+            "CPU samples by the unwinder that produced the user stack: dwarf, fp",
+            user_stacks.clone(),
+        );
+        let dwarf_fallbacks = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "dwarf_fallbacks",
+            "DWARF-mode samples given their frame-pointer stack: fewer_frames, ring_full, copy_failed",
+            dwarf_fallbacks.clone(),
+        );
+        let stack_copy_full = Counter::default();
+        registry.register(
+            "stack_copy_full",
+            "User stack copies that hit the configured size (deeper stacks are cut and marked)",
+            stack_copy_full.clone(),
+        );
+        let dwarf_unwound = Counter::default();
+        registry.register(
+            "dwarf_unwound",
+            "Stacks unwound with .eh_frame/.debug_frame in user space",
+            dwarf_unwound.clone(),
+        );
+        let dwarf_unwind_nanoseconds = Counter::default();
+        registry.register(
+            "dwarf_unwind_nanoseconds",
+            "Time spent unwinding stacks in user space",
+            dwarf_unwind_nanoseconds.clone(),
+        );
+        let dwarf_stack_ends = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "dwarf_stack_ends",
+            "DWARF stacks ending with a marker frame: truncated, jit",
+            dwarf_stack_ends.clone(),
+        );
+        let unwind_table_bytes = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "unwind_table_bytes",
+            "Bytes of unwind tables held in memory",
+            unwind_table_bytes.clone(),
+        );
+        let unwind_table_files = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "unwind_table_files",
+            "Files in the unwind table cache",
+            unwind_table_files.clone(),
+        );
         Metrics {
+            user_stacks,
+            dwarf_fallbacks,
+            stack_copy_full,
+            dwarf_unwound,
+            dwarf_unwind_nanoseconds,
+            dwarf_stack_ends,
+            unwind_table_bytes,
+            unwind_table_files,
             samples,
             idle_samples,
             stacks,
@@ -177,6 +257,15 @@ impl Metrics {
             bpf_running,
             registry: Arc::new(registry),
         }
+    }
+
+    /// The counter of samples whose user stack came from `unwinder`.
+    pub fn unwinder_samples(&self, unwinder: crate::bpf::Unwinder) -> Counter {
+        self.user_stacks
+            .get_or_create(&UnwinderLabel {
+                unwinder: unwinder.label().to_string(),
+            })
+            .clone()
     }
 
     /// Shorthand for a counter of a [`KindLabel`] family.

@@ -209,6 +209,14 @@ pub fn read_pod_names(root: &Path, pid: u32) -> PodNames {
     names
 }
 
+static EMPTY_PROCESS: ProcessInfo = ProcessInfo {
+    comm: String::new(),
+    executable: String::new(),
+    cgroup: String::new(),
+    mappings: Vec::new(),
+    known: false,
+};
+
 struct CacheEntry {
     info: ProcessInfo,
     read_at: Instant,
@@ -271,6 +279,36 @@ impl ProcessCache {
         });
         entry.last_seen = now;
         &entry.info
+    }
+
+    /// Like [`Self::get`], also returning when the returned copy was read from `/proc`: a caller that
+    /// builds something from the mappings (the DWARF unwinder) rebuilds it when this changes.
+    pub fn get_stamped(&mut self, pid: u32) -> (&ProcessInfo, Instant) {
+        let _ = self.get(pid);
+        match self.entries.get(&pid) {
+            Some(entry) => (&entry.info, entry.read_at),
+            // `get` always leaves an entry; an empty one stands in if that ever changes.
+            None => (&EMPTY_PROCESS, Instant::now()),
+        }
+    }
+
+    /// Re-reads `pid` from `/proc` when the cached copy is older than `max_age` and the process still
+    /// exists (a library was just mapped, or the process exec'd). Returns true when it re-read.
+    pub fn refresh_if_older(&mut self, pid: u32, max_age: Duration) -> bool {
+        let now = Instant::now();
+        let Some(entry) = self.entries.get_mut(&pid) else {
+            return false;
+        };
+        if now.duration_since(entry.read_at) < max_age {
+            return false;
+        }
+        let fresh = read_process(&self.root, pid);
+        if !fresh.known {
+            return false;
+        }
+        entry.info = fresh;
+        entry.read_at = now;
+        true
     }
 
     /// Reads `pid` now if it is not cached yet, so that a short-lived process is captured early.

@@ -115,8 +115,9 @@ impl Symbolizer {
         self.stats
     }
 
-    /// Drops blazesym's parsed files (their memory) while keeping the result caches; called between
-    /// cycles to bound memory.
+    /// Drops blazesym's parsed files (their memory maps and parsed symbols/DWARF) while keeping the
+    /// result caches; called after each file of [`Self::prefetch_user`] and between cycles to bound
+    /// memory.
     pub fn release_parsed_files(&mut self) {
         self.blaze = blaze();
     }
@@ -219,32 +220,106 @@ impl Symbolizer {
             self.user.clear();
         }
         for (key, (open_path, list)) in misses {
-            self.stats.cache_misses += list.len() as u64;
             let offsets: Vec<u64> = list.iter().map(|(_, offset)| *offset).collect();
-            let mut elf = Elf::new(&open_path);
-            // DWARF of a huge binary (a debug build of a large Rust program) costs hundreds of MB to
-            // parse; such files get ELF symbols only (function names, no lines or inlined frames).
-            elf.debug_syms =
-                std::fs::metadata(&open_path).is_ok_and(|meta| meta.len() <= self.max_dwarf_file_bytes);
-            let source = Source::Elf(elf);
-            let results = match self.blaze.symbolize(&source, Input::FileOffset(&offsets)) {
-                Ok(results) => results.iter().map(convert).collect::<Vec<_>>(),
-                Err(error) => {
-                    tracing::debug!(%error, path = %key.path, "user symbolization failed");
-                    vec![None; offsets.len()]
-                }
-            };
-            for ((index, offset), result) in list.into_iter().zip(results) {
-                let frames = result.unwrap_or_else(|| {
-                    self.stats.failures += 1;
-                    unknown(&format!("[{}+{offset:#x}]", basename(&key.path)))
-                });
-                self.user.insert((key.clone(), offset), frames.clone());
+            let frames = self.symbolize_file(&key, &open_path, &offsets);
+            for ((index, _), frames) in list.into_iter().zip(frames) {
                 out[index] = Some(frames);
             }
         }
         out.into_iter()
             .map(|frames| frames.unwrap_or_else(|| unknown("[unknown]")))
+            .collect()
+    }
+
+    /// Symbolizes every user address of `stacks` that is not cached yet, one file at a time, and
+    /// drops blazesym's state (its memory map of the file and the parsed symbols and DWARF) after each
+    /// file. Afterwards [`Self::user_frames`] answers these stacks from the cache.
+    ///
+    /// Why: blazesym keeps every file it has opened mapped and parsed until it is dropped. Symbolizing
+    /// stack by stack therefore holds all files of a cycle at once (the pages of `.debug_info`,
+    /// `.debug_line`, ... that were read count in the agent's RSS), which with deep DWARF-unwound
+    /// stacks spanning many large binaries made the first cycle's peak RSS twice the steady state.
+    /// One file at a time bounds that part of the peak by the largest single file. Each file is parsed
+    /// once per call, as before (blazesym was already released after every cycle).
+    ///
+    /// At most the cache's capacity of addresses is prefetched; the rest are symbolized later by
+    /// [`Self::user_frames`] as usual. Stacks are `(pid, process, addresses leaf first)`.
+    pub fn prefetch_user<'a>(
+        &mut self,
+        proc_root: &std::path::Path,
+        stacks: impl IntoIterator<Item = (u32, &'a ProcessInfo, &'a [u64])>,
+    ) {
+        let mut misses: HashMap<FileKey, (PathBuf, std::collections::BTreeSet<u64>)> = HashMap::new();
+        let mut total = 0usize;
+        'stacks: for (pid, process, addresses) in stacks {
+            for address in lookup_addresses(addresses) {
+                let Some(mapping) = process.mapping_for(address) else {
+                    continue;
+                };
+                if !mapping.is_file() {
+                    continue;
+                }
+                let file_offset = address - mapping.start + mapping.offset;
+                let Some((key, open_path)) = self.file_key(proc_root, pid, mapping) else {
+                    continue;
+                };
+                if self.user.contains_key(&(key.clone(), file_offset)) {
+                    continue;
+                }
+                let offsets = &mut misses
+                    .entry(key)
+                    .or_insert_with(|| (open_path, Default::default()))
+                    .1;
+                if offsets.insert(file_offset) {
+                    total += 1;
+                    if total >= self.max_entries {
+                        break 'stacks;
+                    }
+                }
+            }
+        }
+        if misses.is_empty() {
+            return;
+        }
+        if self.user.len() + total > self.max_entries {
+            self.user.clear();
+        }
+        for (key, (open_path, offsets)) in misses {
+            let offsets: Vec<u64> = offsets.into_iter().collect();
+            self.symbolize_file(&key, &open_path, &offsets);
+            // Unmap and free this file before the next one is opened: the point of this function.
+            self.release_parsed_files();
+        }
+    }
+
+    /// Symbolizes `offsets` of one file through blazesym and caches the results (unknown frames for
+    /// what cannot be symbolized); returns them in the order of `offsets`.
+    fn symbolize_file(&mut self, key: &FileKey, open_path: &std::path::Path, offsets: &[u64]) -> Vec<Frames> {
+        self.stats.cache_misses += offsets.len() as u64;
+        let mut elf = Elf::new(open_path);
+        // DWARF of a huge binary (a debug build of a large Rust program) costs hundreds of MB to
+        // parse; such files get ELF symbols only (function names, no lines or inlined frames).
+        elf.debug_syms =
+            std::fs::metadata(open_path).is_ok_and(|meta| meta.len() <= self.max_dwarf_file_bytes);
+        let source = Source::Elf(elf);
+        let results = match self.blaze.symbolize(&source, Input::FileOffset(offsets)) {
+            Ok(results) => results.iter().map(convert).collect::<Vec<_>>(),
+            Err(error) => {
+                tracing::debug!(%error, path = %key.path, "user symbolization failed");
+                vec![None; offsets.len()]
+            }
+        };
+        offsets
+            .iter()
+            .zip(results.into_iter().chain(std::iter::repeat(None)))
+            .map(|(offset, result)| {
+                let frames = result.unwrap_or_else(|| {
+                    self.stats.failures += 1;
+                    unknown(&format!("[{}+{offset:#x}]", basename(&key.path)))
+                });
+                self.user.insert((key.clone(), *offset), frames.clone());
+                frames
+            })
             .collect()
     }
 
@@ -322,7 +397,7 @@ fn basename(path: &str) -> &str {
 
 /// True when `path` in our mount namespace is the file with this device and inode. `/proc/PID/maps`
 /// prints the device as `major:minor` in hex.
-fn same_file(path: &std::path::Path, dev_inode: &(String, u64)) -> bool {
+pub(crate) fn same_file(path: &std::path::Path, dev_inode: &(String, u64)) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(metadata) = std::fs::metadata(path) else {
         return false;
@@ -413,6 +488,41 @@ mod tests {
         let hits = symbolizer.stats().cache_hits;
         let _ = symbolizer.user_frames(std::path::Path::new("/proc"), pid, &process, &[address]);
         assert_eq!(symbolizer.stats().cache_hits, hits + 1);
+    }
+
+    #[test]
+    fn prefetched_addresses_are_answered_from_the_cache() {
+        let pid = std::process::id();
+        let process = crate::process::read_process(std::path::Path::new("/proc"), pid);
+        let addresses = [
+            prefetched_addresses_are_answered_from_the_cache as fn() as usize as u64,
+            // A return address elsewhere in the same file: looked up one byte early, like the stacks.
+            own_function_symbolizes_with_line as fn() as usize as u64 + 1,
+        ];
+        let mut symbolizer = Symbolizer::new(4096);
+        symbolizer.set_max_dwarf_file_bytes(u64::MAX);
+        symbolizer.prefetch_user(std::path::Path::new("/proc"), [(pid, &process, &addresses[..])]);
+        let after_prefetch = symbolizer.stats();
+        assert_eq!(after_prefetch.cache_misses, 2);
+        let frames = symbolizer.user_frames(std::path::Path::new("/proc"), pid, &process, &addresses);
+        let stats = symbolizer.stats();
+        assert_eq!(
+            stats.cache_misses, after_prefetch.cache_misses,
+            "no blazesym call after prefetching"
+        );
+        assert_eq!(stats.cache_hits, after_prefetch.cache_hits + 2);
+        assert!(
+            frames[0][0]
+                .function
+                .contains("prefetched_addresses_are_answered_from_the_cache"),
+            "got {frames:?}"
+        );
+        assert!(
+            frames[1][0]
+                .function
+                .contains("own_function_symbolizes_with_line"),
+            "got {frames:?}"
+        );
     }
 
     #[test]

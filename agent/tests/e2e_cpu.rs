@@ -9,19 +9,6 @@ use support::*;
 
 const CPU_SAMPLES: &str = "process_cpu:samples:count:cpu:nanoseconds:delta";
 
-fn agent_args<'a>(node: &'a TestNode, spool: &'a str) -> Vec<&'a str> {
-    vec![
-        "--server",
-        &node.address,
-        "--spool-dir",
-        spool,
-        "--drain-interval",
-        "1s",
-        "--frequency-hz",
-        "99",
-    ]
-}
-
 #[test]
 fn nested_functions_and_two_to_one_split() {
     if !is_root() {
@@ -33,7 +20,7 @@ fn nested_functions_and_two_to_one_split() {
     let node = TestNode::start();
     let spool = temp.path().join("spool");
     let spool = spool.to_str().expect("utf-8 path");
-    let agent = TestAgent::start(&agent_args(&node, spool));
+    let agent = TestAgent::start(&profiling_args(&node, spool));
     wait_for("the BPF profiler to run", Duration::from_secs(30), || {
         (agent.metric("bpf_running") == 1.0).then_some(())
     });
@@ -112,7 +99,7 @@ fn syscalls_show_kernel_frames_under_user_frames() {
     let node = TestNode::start();
     let spool = temp.path().join("spool");
     let spool = spool.to_str().expect("utf-8 path");
-    let agent = TestAgent::start(&agent_args(&node, spool));
+    let agent = TestAgent::start(&profiling_args(&node, spool));
     wait_for("the BPF profiler to run", Duration::from_secs(30), || {
         (agent.metric("bpf_running") == 1.0).then_some(())
     });

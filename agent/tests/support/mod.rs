@@ -433,3 +433,18 @@ pub fn series_types(node: &TestNode, selector: &str) -> BTreeMap<String, usize> 
     }
     types
 }
+
+/// Agent flags for a CPU profiling test: push to `node`, spool in `spool`, drain every
+/// second at 99 Hz (so a few seconds of workload give hundreds of samples).
+pub fn profiling_args<'a>(node: &'a TestNode, spool: &'a str) -> Vec<&'a str> {
+    vec![
+        "--server",
+        &node.address,
+        "--spool-dir",
+        spool,
+        "--drain-interval",
+        "1s",
+        "--frequency-hz",
+        "99",
+    ]
+}
