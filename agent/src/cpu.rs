@@ -3,7 +3,7 @@
 //! and symbolization are blocking work.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -87,8 +87,10 @@ pub struct PendingSample {
 pub type PendingSamples = [HashMap<PendingSample, u64>; 2];
 
 /// Unwinds one stack event of the ring buffer and adds it to its generation's pending samples.
+/// `proc_root` is the `/proc` the process cache reads.
 pub fn handle_stack_event(
     event: &StackEvent<'_>,
+    proc_root: &Path,
     processes: &mut ProcessCache,
     unwinder: &mut DwarfUnwinder,
     pending: &mut PendingSamples,
@@ -100,10 +102,9 @@ pub fn handle_stack_event(
     if !known_leaf {
         processes.refresh_if_older(event.pid, MAPS_REFRESH_ON_MISS);
     }
-    let proc_root = processes.root().to_path_buf();
     let (info, read_at) = processes.get_stamped(event.pid);
     let unwound = unwinder.unwind(
-        &proc_root,
+        proc_root,
         event.pid,
         info,
         read_at,
@@ -137,21 +138,14 @@ pub fn usable_frame_pointer_frames(info: &ProcessInfo, user_stack: &[u64]) -> us
         .map_or(user_stack.len(), |first_unmapped| first_unmapped + 1)
 }
 
-/// Why a DWARF-mode sample ended up with its frame-pointer stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FallbackReason {
-    /// The DWARF walk gave fewer frames than the frame-pointer walk.
-    FewerFrames,
-}
-
 /// Turns the pending DWARF samples of a drained generation into samples, resolving their stack ids
 /// against that generation's stack map. Each keeps the DWARF stack unless the frame-pointer stack of
-/// the same sample is deeper (then it is labelled `fp`; `on_fallback` is told).
+/// the same sample is deeper (then it is labelled `fp`, and `on_fallback` gets its sample count).
 pub fn resolve_pending(
     pending: HashMap<PendingSample, u64>,
     stacks: &HashMap<i32, Vec<u64>>,
     processes: &mut ProcessCache,
-    mut on_fallback: impl FnMut(FallbackReason, u64),
+    mut on_fallback: impl FnMut(u64),
 ) -> Vec<RawSample> {
     pending
         .into_iter()
@@ -161,7 +155,7 @@ pub fn resolve_pending(
             let usable = usable_frame_pointer_frames(info, &frame_pointer_stack);
             let (user_stack, unwinder, user_stack_end, user_stack_lost) =
                 if sample.unwound.frames.len() < usable {
-                    on_fallback(FallbackReason::FewerFrames, count);
+                    on_fallback(count);
                     (
                         frame_pointer_stack,
                         Unwinder::FramePointer,
@@ -293,14 +287,14 @@ impl CpuProfiler {
             symbolizer.release_parsed_files();
         }
         for ((pid, unwinder), samples) in by_pid {
-            let Some(info) = infos.get(&pid).cloned() else {
+            let Some(info) = infos.get(&pid) else {
                 continue; // every pid of by_pid is in infos
             };
             let labels = labels_cache
                 .entry((pid, unwinder))
                 .or_insert_with(|| {
                     let mut labels = process_labels(
-                        &info,
+                        info,
                         pid,
                         &self.proc_root,
                         &self.node_name,
@@ -318,7 +312,7 @@ impl CpuProfiler {
             let stacks = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 samples
                     .iter()
-                    .map(|sample| self.stack(symbolizer, &proc_root, pid, &info, sample))
+                    .map(|sample| self.stack(symbolizer, &proc_root, pid, info, sample))
                     .collect::<Vec<_>>()
             }));
             let builder = output.series.entry(labels).or_default();
@@ -491,7 +485,13 @@ impl CpuProfiler {
                 );
                 if dwarf {
                     sampler.poll_events(&mut |event| {
-                        handle_stack_event(event, &mut processes, &mut unwinder, &mut pending)
+                        handle_stack_event(
+                            event,
+                            &self.proc_root,
+                            &mut processes,
+                            &mut unwinder,
+                            &mut pending,
+                        )
                     });
                 }
                 let now = Instant::now();
@@ -511,8 +511,15 @@ impl CpuProfiler {
                 next_drain = Instant::now() + self.drain_interval;
             }
             let cycle_end = SystemTime::now();
-            let drained = sampler
-                .drain(&mut |event| handle_stack_event(event, &mut processes, &mut unwinder, &mut pending));
+            let drained = sampler.drain(&mut |event| {
+                handle_stack_event(
+                    event,
+                    &self.proc_root,
+                    &mut processes,
+                    &mut unwinder,
+                    &mut pending,
+                )
+            });
             match drained {
                 Ok(drained) => {
                     self.update_stats(&sampler, &mut previous_stats);
@@ -523,7 +530,7 @@ impl CpuProfiler {
                         generation_pending,
                         &drained.stacks,
                         &mut processes,
-                        |_, count| {
+                        |count| {
                             fallbacks.inc_by(count);
                         },
                     ));
@@ -874,8 +881,7 @@ mod tests {
         pending.insert(pending_sample(6, vec![address, address + 1]), 2);
         let mut processes = ProcessCache::new("/proc", Duration::ZERO, Duration::from_secs(60));
         let mut fallbacks = 0;
-        let mut samples = resolve_pending(pending, &stacks, &mut processes, |reason, count| {
-            assert_eq!(reason, FallbackReason::FewerFrames);
+        let mut samples = resolve_pending(pending, &stacks, &mut processes, |count| {
             fallbacks += count;
         });
         samples.sort_by_key(|sample| sample.count);

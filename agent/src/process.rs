@@ -26,6 +26,42 @@ impl Mapping {
     pub fn is_file(&self) -> bool {
         self.path.starts_with('/') && self.dev_inode.1 != 0
     }
+
+    /// The path by which the agent opens this mapping's file for process `pid`: the plain path when it
+    /// is the same file (device and inode) in our mount namespace, so that a binary shared by many
+    /// processes is one file to us; `PROC/PID/root/PATH` otherwise (containers); `None` when neither
+    /// exists.
+    pub fn open_path(&self, proc_root: &Path, pid: u32) -> Option<PathBuf> {
+        let plain = PathBuf::from(&self.path);
+        if same_file(&plain, &self.dev_inode) {
+            return Some(plain);
+        }
+        let through_proc = proc_root
+            .join(pid.to_string())
+            .join("root")
+            .join(self.path.trim_start_matches('/'));
+        through_proc.exists().then_some(through_proc)
+    }
+}
+
+/// True when `path` in our mount namespace is the file with this device and inode. `/proc/PID/maps`
+/// prints the device as `major:minor` in hex.
+fn same_file(path: &Path, dev_inode: &(String, u64)) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return false;
+    };
+    if metadata.ino() != dev_inode.1 {
+        return false;
+    }
+    let dev = metadata.dev();
+    let major = libc::major(dev);
+    let minor = libc::minor(dev);
+    let Some((want_major, want_minor)) = dev_inode.0.split_once(':') else {
+        return false;
+    };
+    u32::from_str_radix(want_major, 16).ok() == Some(major)
+        && u32::from_str_radix(want_minor, 16).ok() == Some(minor)
 }
 
 /// Labels and mappings of one process.
@@ -209,14 +245,6 @@ pub fn read_pod_names(root: &Path, pid: u32) -> PodNames {
     names
 }
 
-static EMPTY_PROCESS: ProcessInfo = ProcessInfo {
-    comm: String::new(),
-    executable: String::new(),
-    cgroup: String::new(),
-    mappings: Vec::new(),
-    known: false,
-};
-
 struct CacheEntry {
     info: ProcessInfo,
     read_at: Instant,
@@ -252,6 +280,18 @@ impl ProcessCache {
     /// Information on `pid`: fresh from `/proc` when the cached copy is stale and the process still
     /// exists; the cached copy when it has exited; `known = false` when it was never seen alive.
     pub fn get(&mut self, pid: u32) -> &ProcessInfo {
+        &self.entry(pid).info
+    }
+
+    /// Like [`Self::get`], also returning when the returned copy was read from `/proc`: a caller that
+    /// builds something from the mappings (the DWARF unwinder) rebuilds it when this changes.
+    pub fn get_stamped(&mut self, pid: u32) -> (&ProcessInfo, Instant) {
+        let entry = self.entry(pid);
+        (&entry.info, entry.read_at)
+    }
+
+    /// The cache entry of `pid`, read or refreshed as [`Self::get`] describes; always present after.
+    fn entry(&mut self, pid: u32) -> &CacheEntry {
         let now = Instant::now();
         let stale = self
             .entries
@@ -278,18 +318,7 @@ impl ProcessCache {
             last_seen: now,
         });
         entry.last_seen = now;
-        &entry.info
-    }
-
-    /// Like [`Self::get`], also returning when the returned copy was read from `/proc`: a caller that
-    /// builds something from the mappings (the DWARF unwinder) rebuilds it when this changes.
-    pub fn get_stamped(&mut self, pid: u32) -> (&ProcessInfo, Instant) {
-        let _ = self.get(pid);
-        match self.entries.get(&pid) {
-            Some(entry) => (&entry.info, entry.read_at),
-            // `get` always leaves an entry; an empty one stands in if that ever changes.
-            None => (&EMPTY_PROCESS, Instant::now()),
-        }
+        entry
     }
 
     /// Re-reads `pid` from `/proc` when the cached copy is older than `max_age` and the process still

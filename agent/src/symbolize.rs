@@ -332,18 +332,7 @@ impl Symbolizer {
         pid: u32,
         mapping: &Mapping,
     ) -> Option<(FileKey, PathBuf)> {
-        let through_proc = proc_root
-            .join(pid.to_string())
-            .join("root")
-            .join(mapping.path.trim_start_matches('/'));
-        let plain = PathBuf::from(&mapping.path);
-        let open_path = if same_file(&plain, &mapping.dev_inode) {
-            plain
-        } else if through_proc.exists() {
-            through_proc
-        } else {
-            return None;
-        };
+        let open_path = mapping.open_path(proc_root, pid)?;
         let cache_key = (mapping.path.clone(), mapping.dev_inode.clone());
         if let Some(known) = self.files.get(&cache_key) {
             return known.clone().map(|key| (key, open_path));
@@ -393,26 +382,6 @@ impl IfEmpty for String {
 
 fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
-}
-
-/// True when `path` in our mount namespace is the file with this device and inode. `/proc/PID/maps`
-/// prints the device as `major:minor` in hex.
-pub(crate) fn same_file(path: &std::path::Path, dev_inode: &(String, u64)) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(metadata) = std::fs::metadata(path) else {
-        return false;
-    };
-    if metadata.ino() != dev_inode.1 {
-        return false;
-    }
-    let dev = metadata.dev();
-    let major = libc::major(dev);
-    let minor = libc::minor(dev);
-    let Some((want_major, want_minor)) = dev_inode.0.split_once(':') else {
-        return false;
-    };
-    u32::from_str_radix(want_major, 16).ok() == Some(major)
-        && u32::from_str_radix(want_minor, 16).ok() == Some(minor)
 }
 
 /// Leaf first: the leaf is the interrupted instruction, every other frame a return address, looked up

@@ -369,7 +369,7 @@ impl DwarfUnwinder {
             entry.last_used = clock;
             return entry.tables.clone();
         }
-        let path = open_path(proc_root, pid, mapping)?;
+        let path = mapping.open_path(proc_root, pid)?;
         let tables = match read_module_tables(&path) {
             Ok(tables) => {
                 self.stats.tables_loaded += 1;
@@ -445,51 +445,46 @@ impl DwarfUnwinder {
         self.processes.clear();
     }
 
-    fn process_unwinder(
+    /// Builds process `pid`'s unwinder from `process`' mappings unless the one it has was built from
+    /// the same read of `/proc` (`read_at`).
+    fn ensure_process_unwinder(
         &mut self,
         proc_root: &Path,
         pid: u32,
         process: &ProcessInfo,
         read_at: Instant,
-    ) -> &UnwinderX86_64<SectionBytes> {
-        let clock = self.clock;
+    ) {
         let fresh = self
             .processes
             .get(&pid)
             .is_some_and(|existing| existing.built_from == read_at);
-        if !fresh {
-            let mut unwinder = UnwinderX86_64::new();
-            for mapping in &process.mappings {
-                if !(mapping.is_file() || mapping.path == "[vdso]") {
-                    continue;
-                }
-                let Some(tables) = self.tables_for(proc_root, pid, mapping) else {
-                    continue;
-                };
-                let base = tables.base_address(mapping);
-                unwinder.add_module(Module::new(
-                    mapping.path.clone(),
-                    mapping.start..mapping.end,
-                    base,
-                    tables.sections.clone(),
-                ));
-            }
-            self.processes.insert(
-                pid,
-                ProcessUnwinder {
-                    unwinder,
-                    built_from: read_at,
-                    last_used: clock,
-                },
-            );
+        if fresh {
+            return;
         }
-        let entry = self.processes.entry(pid).or_insert_with(|| ProcessUnwinder {
-            unwinder: UnwinderX86_64::new(),
-            built_from: read_at,
-            last_used: clock,
-        });
-        entry.last_used = clock;
-        &entry.unwinder
+        let mut unwinder = UnwinderX86_64::new();
+        for mapping in &process.mappings {
+            if !(mapping.is_file() || mapping.path == "[vdso]") {
+                continue;
+            }
+            let Some(tables) = self.tables_for(proc_root, pid, mapping) else {
+                continue;
+            };
+            let base = tables.base_address(mapping);
+            unwinder.add_module(Module::new(
+                mapping.path.clone(),
+                mapping.start..mapping.end,
+                base,
+                tables.sections.clone(),
+            ));
+        }
+        self.processes.insert(
+            pid,
+            ProcessUnwinder {
+                unwinder,
+                built_from: read_at,
+                last_used: self.clock,
+            },
+        );
     }
 
     /// Unwinds one captured stack of process `pid`, whose mappings are `process` (read from `/proc` at
@@ -503,14 +498,16 @@ impl DwarfUnwinder {
         captured: &CapturedStack<'_>,
     ) -> UnwoundStack {
         // Build (or find) the process' unwinder first: reading tables is not unwinding time.
-        let _ = self.process_unwinder(proc_root, pid, process, read_at);
+        self.ensure_process_unwinder(proc_root, pid, process, read_at);
         let started = Instant::now();
-        let Some(entry) = self.processes.get(&pid) else {
+        let Some(entry) = self.processes.get_mut(&pid) else {
+            // Just ensured above; a leaf-only stack is the answer that can never be wrong.
             return UnwoundStack {
                 frames: vec![captured.ip],
                 end: StackEnd::Complete,
             };
         };
+        entry.last_used = self.clock;
         let result = walk(&entry.unwinder, &mut self.cache, process, captured);
         self.stats.stacks += 1;
         match result.end {
@@ -521,20 +518,6 @@ impl DwarfUnwinder {
         self.stats.unwind_nanos += started.elapsed().as_nanos() as u64;
         result
     }
-}
-
-/// The path to open a mapped file by: the plain path when it is the same file in our mount namespace,
-/// else through `/proc/PID/root` (containers).
-fn open_path(proc_root: &Path, pid: u32, mapping: &Mapping) -> Option<PathBuf> {
-    let plain = PathBuf::from(&mapping.path);
-    if crate::symbolize::same_file(&plain, &mapping.dev_inode) {
-        return Some(plain);
-    }
-    let through_proc = proc_root
-        .join(pid.to_string())
-        .join("root")
-        .join(mapping.path.trim_start_matches('/'));
-    through_proc.exists().then_some(through_proc)
 }
 
 /// The walk itself: framehop one frame at a time, with our own stopping rules around it.
