@@ -31,23 +31,7 @@ fn nested_functions_and_two_to_one_split() {
 
     let selector = format!("{CPU_SAMPLES}{{executable=\"burner\"}}");
     // Wait until the stacks stop growing: the drain after the program's exit has been pushed.
-    let mut last = -1;
-    let folded = wait_for(
-        "the burner's samples to be stored",
-        Duration::from_secs(60),
-        || {
-            let folded = node.folded(&selector);
-            let total: i64 = folded.iter().map(|(_, value)| value).sum();
-            let done = total > 0 && total == last && agent.metric("spool_batches") == 0.0;
-            last = total;
-            if done {
-                Some(folded)
-            } else {
-                std::thread::sleep(Duration::from_millis(1500));
-                None
-            }
-        },
-    );
+    let folded = settled_folded(&node, &selector, 1, &[&agent]);
     let heavy = sum_where(&folded, |stack| stack.contains("main;outer_heavy;inner_heavy"));
     let light = sum_where(&folded, |stack| stack.contains("main;outer_light;inner_light"));
     eprintln!("heavy {heavy}, light {light}");
@@ -106,23 +90,7 @@ fn syscalls_show_kernel_frames_under_user_frames() {
     let status = Command::new(&program).arg("4").status().expect("run syscaller");
     assert!(status.success());
     let selector = format!("{CPU_SAMPLES}{{executable=\"syscaller\"}}");
-    let mut last = -1;
-    let folded = wait_for(
-        "the program's samples to be stored",
-        Duration::from_secs(60),
-        || {
-            let folded = node.folded(&selector);
-            let total: i64 = folded.iter().map(|(_, value)| value).sum();
-            let done = total > 0 && total == last;
-            last = total;
-            if done {
-                Some(folded)
-            } else {
-                std::thread::sleep(Duration::from_millis(1500));
-                None
-            }
-        },
-    );
+    let folded = settled_folded(&node, &selector, 1, &[]);
     for (stack, value) in folded.iter().take(10) {
         eprintln!("{value:6} {stack}");
     }

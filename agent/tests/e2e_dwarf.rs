@@ -74,28 +74,6 @@ fn agent_args<'a>(node: &'a TestNode, spool: &'a str, node_name: &'a str, unwind
     args
 }
 
-/// Waits until the folded stacks of `selector` stop growing (the drain after the workload has been
-/// pushed) and returns them.
-fn settled_folded(node: &TestNode, selector: &str, minimum: i64) -> Vec<(String, i64)> {
-    let mut last = -1;
-    wait_for(
-        &format!("samples of {selector} to be stored"),
-        Duration::from_secs(90),
-        || {
-            let folded = node.folded(selector);
-            let total: i64 = folded.iter().map(|(_, value)| value).sum();
-            let done = total >= minimum && total == last;
-            last = total;
-            if done {
-                Some(folded)
-            } else {
-                std::thread::sleep(Duration::from_millis(1500));
-                None
-            }
-        },
-    )
-}
-
 #[test]
 fn omit_frame_pointer_chain_through_a_shared_library_is_whole() {
     if !is_root() {
@@ -118,7 +96,7 @@ fn omit_frame_pointer_chain_through_a_shared_library_is_whole() {
     assert!(status.success());
 
     let selector = format!("{CPU_SAMPLES}{{executable=\"dwarfchain\"}}");
-    let folded = settled_folded(&node, &selector, 100);
+    let folded = settled_folded(&node, &selector, 100, &[]);
     for (stack, value) in folded.iter().take(10) {
         eprintln!("{value:6} {stack}");
     }
@@ -242,8 +220,8 @@ fn stock_python_stacks_are_three_times_deeper_than_frame_pointers() {
         },
     );
     drop(python);
-    let dwarf = settled_folded(&node, &pid_selector("dwarf-host"), 200);
-    let fp = settled_folded(&node, &pid_selector("fp-host"), 200);
+    let dwarf = settled_folded(&node, &pid_selector("dwarf-host"), 200, &[]);
+    let fp = settled_folded(&node, &pid_selector("fp-host"), 200, &[]);
     eprintln!("DWARF:");
     for (stack, value) in dwarf.iter().take(5) {
         eprintln!("{value:6} {stack}");

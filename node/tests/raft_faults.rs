@@ -232,9 +232,7 @@ async fn election_isolated_leader_is_replaced_and_rejoins_after_heal() {
         .await
         .expect("write on the majority side");
     assert!(!answer.duplicate);
-    for each in &nodes {
-        each.state.cluster.faults.heal();
-    }
+    heal_all(&nodes);
     let target = applied(node(&nodes, new_leader), 1);
     wait_for("the old leader to follow and catch up", || {
         let replica = node(&nodes, old_leader)
@@ -265,16 +263,9 @@ async fn replication_every_replica_applies_every_acknowledged_write_even_with_de
             .await
             .expect("write");
     }
-    for each in &nodes {
-        each.state.cluster.faults.heal();
-    }
+    heal_all(&nodes);
     for group in [1, 2] {
-        let leader = leader_of(&nodes, group).expect("leader");
-        let target = applied(node(&nodes, leader), group);
-        wait_for(&format!("every replica of group {group} to apply"), || {
-            nodes.iter().all(|each| applied(each, group) >= target)
-        })
-        .await;
+        wait_all_applied(&nodes, group).await;
     }
     for each in &nodes {
         assert_eq!(series_count(each), 10 * 2, "node {} misses series", each.id());
@@ -296,9 +287,7 @@ async fn snapshot_lagging_replica_catches_up_by_installing_a_snapshot() {
     }
     let applied_on_leader = snapshot_and_purge(node(&nodes, leader), 1).await;
     let installs_before = node(&nodes, lagging).state.metrics.snapshot_installs.get();
-    for each in &nodes {
-        each.state.cluster.faults.heal();
-    }
+    heal_all(&nodes);
     wait_for("the lagging replica to catch up", || {
         applied(node(&nodes, lagging), 1) >= applied_on_leader
     })
@@ -327,6 +316,24 @@ async fn snapshot_lagging_replica_catches_up_by_installing_a_snapshot() {
     };
     assert_eq!(query(lagging), query(leader));
     stop_all(nodes).await;
+}
+
+/// Removes every injected fault on every node.
+fn heal_all(nodes: &[TestNode]) {
+    for each in nodes {
+        each.state.cluster.faults.heal();
+    }
+}
+
+/// Waits until every node has applied what `group`'s leader has applied; returns that leader.
+async fn wait_all_applied(nodes: &[TestNode], group: u32) -> NodeId {
+    let leader = leader_of(nodes, group).expect("leader");
+    let target = applied(node(nodes, leader), group);
+    wait_for(&format!("every replica of group {group} to apply"), || {
+        nodes.iter().all(|each| applied(each, group) >= target)
+    })
+    .await;
+    leader
 }
 
 /// Cuts one follower of `group` off the group's traffic (its other groups are
@@ -429,9 +436,7 @@ async fn stripping_every_replica_stores_the_same_data_when_entries_leave_out_sto
             .expect("write while one replica lags");
     }
     let covered = snapshot_and_purge(node(&nodes, leader), 1).await;
-    for each in &nodes {
-        each.state.cluster.faults.heal();
-    }
+    heal_all(&nodes);
     wait_for("the lagging replica to catch up", || {
         applied(node(&nodes, lagging), 1) >= covered
     })
@@ -451,12 +456,7 @@ async fn stripping_every_replica_stores_the_same_data_when_entries_leave_out_sto
             .expect("write");
     }
     for group in [1, 2] {
-        let leader = leader_of(&nodes, group).expect("leader");
-        let target = applied(node(&nodes, leader), group);
-        wait_for(&format!("every replica of group {group} to apply"), || {
-            nodes.iter().all(|each| applied(each, group) >= target)
-        })
-        .await;
+        let leader = wait_all_applied(&nodes, group).await;
         let expected = replica_merge(node(&nodes, leader), group);
         for each in &nodes {
             assert_eq!(
@@ -549,9 +549,7 @@ async fn partition_of_one_group_spares_the_other_groups() {
         "group 2 lost its leader"
     );
     assert_eq!(metrics.current_term, term_2, "group 2 held an election");
-    for each in &nodes {
-        each.state.cluster.faults.heal();
-    }
+    heal_all(&nodes);
     stop_all(nodes).await;
 }
 
@@ -637,8 +635,6 @@ async fn fanout_group_without_quorum_fails_the_query_or_is_named_missing() {
         "the partial answer names exactly the missing group"
     );
     assert!(!partial.series.is_empty(), "group 2 still answered");
-    for each in &nodes {
-        each.state.cluster.faults.heal();
-    }
+    heal_all(&nodes);
     stop_all(nodes).await;
 }

@@ -448,3 +448,33 @@ pub fn profiling_args<'a>(node: &'a TestNode, spool: &'a str) -> Vec<&'a str> {
         "99",
     ]
 }
+
+/// Waits until the folded stacks of `selector` hold at least `minimum` samples, stop growing and every
+/// agent of `agents` has an empty spool (the drain after the workload has been pushed), and returns
+/// them. "Stop growing" is judged across 1.5 s, longer than the tests' 1 s drain interval, so an
+/// unchanged total means a whole drain added nothing.
+pub fn settled_folded(
+    node: &TestNode,
+    selector: &str,
+    minimum: i64,
+    agents: &[&TestAgent],
+) -> Vec<(String, i64)> {
+    let mut last = -1;
+    wait_for(
+        &format!("samples of {selector} to be stored"),
+        Duration::from_secs(90),
+        || {
+            let folded = node.folded(selector);
+            let total: i64 = folded.iter().map(|(_, value)| value).sum();
+            let spooled = agents.iter().any(|agent| agent.metric("spool_batches") != 0.0);
+            let done = total >= minimum && total == last && !spooled;
+            last = total;
+            if done {
+                Some(folded)
+            } else {
+                std::thread::sleep(Duration::from_millis(1500));
+                None
+            }
+        },
+    )
+}
