@@ -11,27 +11,9 @@ ROUNDS=${1:-3}
 SECONDS_PER_RUN=${2:-20}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kiln-target}"
 BIN="$CARGO_TARGET_DIR/debug"
-for binary in kiln-agent kiln-node; do
-    [ -x "$BIN/$binary" ] || { echo "build first: cargo build --workspace --all-targets ($BIN/$binary missing)" >&2; exit 1; }
-done
-WORK=$(mktemp -d)
-NODE_PID=""
-cleanup() {
-    if [ -n "$NODE_PID" ]; then
-        kill "$NODE_PID" 2>/dev/null || true
-        wait "$NODE_PID" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-clang -O2 -fno-omit-frame-pointer -pthread -o "$WORK/spin" agent/bench/spin.c
-
-KILN_LOG=warn "$BIN/kiln-node" --data-dir "$WORK/node" --listen 127.0.0.1:0 > "$WORK/node.out" 2>&1 &
-NODE_PID=$!
-for _ in $(seq 100); do grep -q "listening on" "$WORK/node.out" && break; sleep 0.1; done
-NODE=$(sed -n 's/^listening on //p' "$WORK/node.out" | head -1)
-
-run_spin() { "$WORK/spin" "$SECONDS_PER_RUN"; }
+# shellcheck source=agent/bench/common.sh
+source agent/bench/common.sh
+bench_start "cargo build --workspace --all-targets"
 
 # Starts the agent at $1 Hz, runs the workload, stops the agent; prints "throughput cpu_seconds rss_kib".
 run_agent() {
@@ -40,30 +22,12 @@ run_agent() {
         --frequency-hz "$hz" > /dev/null 2> "$WORK/agent-$hz.err" &
     local pid=$!
     sleep 3 # let it load BPF and settle: measure steady state
-    local throughput
+    local throughput usage
     throughput=$(run_spin)
-    local ticks
-    ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-    local rss
-    rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    usage=$(process_usage "$pid")
     kill -TERM "$pid"
     wait "$pid" || true
-    echo "$throughput $(echo "$ticks / $(getconf CLK_TCK)" | bc -l) $rss"
-}
-
-run_perf() {
-    perf record -F 19 -a -g -o "$WORK/perf.data" -- sleep 10000 > /dev/null 2> "$WORK/perf.err" &
-    local pid=$!
-    sleep 3
-    if ! kill -0 "$pid" 2>/dev/null; then
-        echo "failed"
-        return
-    fi
-    local throughput
-    throughput=$(run_spin)
-    kill -INT "$pid"
-    wait "$pid" || true
-    echo "$throughput"
+    echo "$throughput $usage"
 }
 
 declare -a base a19 a99 perf19
@@ -76,15 +40,10 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round: base ${base[-1]} agent19 ${a19[-1]} agent99 ${a99[-1]} perf19 ${perf19[-1]}" >&2
 done
 
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 B=$(median "${base[@]}")
 ratio() { echo "scale=5; $1 / $B" | bc -l; }
 echo "workload: $(nproc) spinning threads, $SECONDS_PER_RUN s per run, $ROUNDS interleaved rounds, medians"
 echo "baseline throughput: $B"
 echo "agent 19 Hz: ratio $(ratio "$(median "${a19[@]}")"), agent CPU s per run: $(median "${cpu19[@]}"), peak RSS KiB: $(median "${rss19[@]}")"
 echo "agent 99 Hz: ratio $(ratio "$(median "${a99[@]}")"), agent CPU s per run: $(median "${cpu99[@]}"), peak RSS KiB: $(median "${rss99[@]}")"
-if printf '%s\n' "${perf19[@]}" | grep -q failed; then
-    echo "perf record -F 19 -a -g: did not run here ($(head -c 300 "$WORK/perf.err"))"
-else
-    echo "perf record -F 19 -a -g: ratio $(ratio "$(median "${perf19[@]}")")"
-fi
+report_perf "$B" "${perf19[@]}"

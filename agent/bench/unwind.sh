@@ -17,30 +17,12 @@ ROUNDS=${1:-3}
 SECONDS_PER_RUN=${2:-15}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kiln-target}"
 BIN="$CARGO_TARGET_DIR/release"
-for binary in kiln-agent kiln-node; do
-    [ -x "$BIN/$binary" ] || { echo "build first: cargo build --release -p kiln-agent -p kiln-node ($BIN/$binary missing)" >&2; exit 1; }
-done
-WORK=$(mktemp -d)
-NODE_PID=""
 STATS_BEFORE=$(sysctl -n kernel.bpf_stats_enabled)
-cleanup() {
-    sysctl -qw kernel.bpf_stats_enabled="$STATS_BEFORE" || true
-    if [ -n "$NODE_PID" ]; then
-        kill "$NODE_PID" 2>/dev/null || true
-        wait "$NODE_PID" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_extra_cleanup() { sysctl -qw kernel.bpf_stats_enabled="$STATS_BEFORE" || true; }
+# shellcheck source=agent/bench/common.sh
+source agent/bench/common.sh
+bench_start "cargo build --release -p kiln-agent -p kiln-node"
 sysctl -qw kernel.bpf_stats_enabled=1
-clang -O2 -fno-omit-frame-pointer -pthread -o "$WORK/spin" agent/bench/spin.c
-
-KILN_LOG=warn "$BIN/kiln-node" --data-dir "$WORK/node" --listen 127.0.0.1:0 > "$WORK/node.out" 2>&1 &
-NODE_PID=$!
-for _ in $(seq 100); do grep -q "listening on" "$WORK/node.out" && break; sleep 0.1; done
-NODE=$(sed -n 's/^listening on //p' "$WORK/node.out" | head -1)
-
-run_spin() { "$WORK/spin" "$SECONDS_PER_RUN"; }
 
 metric() { # ADDRESS NAME -> value of kiln_agent_NAME(_total), 0 when absent
     curl -s "http://$1/metrics" | awk -v a="kiln_agent_$2" -v b="kiln_agent_$2_total" '$1 == a || $1 == b {print $2; found=1} END {if (!found) print 0}'
@@ -58,11 +40,9 @@ run_agent() {
     sleep 3 # let it load BPF and settle: measure steady state
     local metrics
     metrics=$(sed -n 's/^metrics listening on //p' "$WORK/agent-$tag.out" | head -1)
-    local throughput
+    local throughput usage
     throughput=$(run_spin)
-    local ticks rss
-    ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-    rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    usage=$(process_usage "$pid")
     local run_time=0 run_count=0
     for info in /proc/"$pid"/fdinfo/*; do
         if grep -q '^prog_type' "$info" 2>/dev/null; then
@@ -78,22 +58,7 @@ run_agent() {
     local per_run per_sample
     per_run=$(echo "if ($run_count > 0) $run_time / $run_count else 0" | bc -l)
     per_sample=$(echo "if ($unwound > 0) $unwind_ns / $unwound else 0" | bc -l)
-    echo "$throughput $(echo "$ticks / $(getconf CLK_TCK)" | bc -l) $rss $per_run $per_sample"
-}
-
-run_perf() {
-    perf record -F 19 -a -g -o "$WORK/perf.data" -- sleep 10000 > /dev/null 2> "$WORK/perf.err" &
-    local pid=$!
-    sleep 3
-    if ! kill -0 "$pid" 2>/dev/null; then
-        echo "failed"
-        return
-    fi
-    local throughput
-    throughput=$(run_spin)
-    kill -INT "$pid"
-    wait "$pid" || true
-    echo "$throughput"
+    echo "$throughput $usage $per_run $per_sample"
 }
 
 CONFIGS="fp-19 dwarf-19 fp-99 dwarf-99"
@@ -111,7 +76,6 @@ for round in $(seq "$ROUNDS"); do
     echo "$line perf19 ${perf19[-1]}" >&2
 done
 
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 BASE=$(median "${base[@]}")
 ratio() { echo "scale=4; $1 / $2" | bc -l; }
 echo "workload: $(nproc) spinning threads, $SECONDS_PER_RUN s per run, $ROUNDS interleaved rounds, medians; release builds"
@@ -126,8 +90,4 @@ for hz in 19 99; do
     # shellcheck disable=SC2086
     echo "dwarf vs fp at $hz Hz: throughput $(ratio "$(median ${T[dwarf-$hz]})" "$(median ${T[fp-$hz]})"), agent CPU $(ratio "$(median ${C[dwarf-$hz]})" "$(median ${C[fp-$hz]})"), BPF ns/run $(ratio "$(median ${B[dwarf-$hz]})" "$(median ${B[fp-$hz]})")"
 done
-if printf '%s\n' "${perf19[@]}" | grep -q failed; then
-    echo "perf record -F 19 -a -g: did not run here ($(head -c 300 "$WORK/perf.err"))"
-else
-    echo "perf record -F 19 -a -g: ratio $(ratio "$(median "${perf19[@]}")" "$BASE")"
-fi
+report_perf "$BASE" "${perf19[@]}"

@@ -1,0 +1,71 @@
+# Shared by the agent benchmarks (overhead.sh, unwind.sh); sourced, not run. The caller sets BIN (the
+# directory with kiln-node and kiln-agent) and SECONDS_PER_RUN, then calls bench_start. A caller with
+# more to undo at exit defines bench_extra_cleanup.
+
+# Checks the binaries, makes WORK, builds the spinning workload, starts a local kiln-node (NODE is its
+# address) and arranges for all of it to go away at exit. $1: the build command to suggest.
+bench_start() {
+    local build_hint=$1
+    for binary in kiln-agent kiln-node; do
+        [ -x "$BIN/$binary" ] || { echo "build first: $build_hint ($BIN/$binary missing)" >&2; exit 1; }
+    done
+    WORK=$(mktemp -d)
+    NODE_PID=""
+    trap bench_cleanup EXIT
+    clang -O2 -fno-omit-frame-pointer -pthread -o "$WORK/spin" agent/bench/spin.c
+    KILN_LOG=warn "$BIN/kiln-node" --data-dir "$WORK/node" --listen 127.0.0.1:0 > "$WORK/node.out" 2>&1 &
+    NODE_PID=$!
+    for _ in $(seq 100); do grep -q "listening on" "$WORK/node.out" && break; sleep 0.1; done
+    NODE=$(sed -n 's/^listening on //p' "$WORK/node.out" | head -1)
+}
+
+bench_cleanup() {
+    if declare -F bench_extra_cleanup > /dev/null; then
+        bench_extra_cleanup
+    fi
+    if [ -n "$NODE_PID" ]; then
+        kill "$NODE_PID" 2>/dev/null || true
+        wait "$NODE_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+
+# The workload: prints its throughput (loop iterations).
+run_spin() { "$WORK/spin" "$SECONDS_PER_RUN"; }
+
+# The workload under `perf record -F 19 -a -g`; prints its throughput, or "failed" when perf cannot run.
+run_perf() {
+    perf record -F 19 -a -g -o "$WORK/perf.data" -- sleep 10000 > /dev/null 2> "$WORK/perf.err" &
+    local pid=$!
+    sleep 3
+    if ! kill -0 "$pid" 2>/dev/null; then
+        echo "failed"
+        return
+    fi
+    local throughput
+    throughput=$(run_spin)
+    kill -INT "$pid"
+    wait "$pid" || true
+    echo "$throughput"
+}
+
+# CPU seconds (utime + stime) and peak RSS in KiB (VmHWM) of process $1, as "seconds kib".
+process_usage() {
+    local ticks rss
+    ticks=$(awk '{print $14 + $15}' "/proc/$1/stat")
+    rss=$(awk '/VmHWM/ {print $2}' "/proc/$1/status")
+    echo "$(echo "$ticks / $(getconf CLK_TCK)" | bc -l) $rss"
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+
+# Prints "perf record -F 19 -a -g: ratio R" for the perf runs $2.. against baseline $1.
+report_perf() {
+    local base=$1
+    shift
+    if printf '%s\n' "$@" | grep -q failed; then
+        echo "perf record -F 19 -a -g: did not run here ($(head -c 300 "$WORK/perf.err"))"
+    else
+        echo "perf record -F 19 -a -g: ratio $(echo "scale=4; $(median "$@") / $base" | bc -l)"
+    fi
+}
