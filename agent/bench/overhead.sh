@@ -1,49 +1,127 @@
 #!/usr/bin/env bash
-# Agent overhead benchmark (not a test): throughput of a CPU-bound workload (one spinning thread per CPU)
-# with no profiler, with kiln-agent at 19 Hz and at 99 Hz, and with `perf record -F 19 -a -g`, in
-# interleaved rounds so that background load hits every configuration alike. Reports median throughput
-# ratios against the baseline, and the agent's CPU seconds and peak RSS. Needs root (BPF, perf).
+# Agent overhead benchmark (not a test), issues 4 and 6: a CPU-bound workload (spin.c, one spinning thread
+# per CPU) with no profiler, with kiln-agent (`--unwinder fp` and `dwarf`, at 19 Hz and at 99 Hz) and with
+# `perf record -F 19 -a -g`, in interleaved rounds so that the machine's drift hits every configuration
+# alike. Each profiler runs WARMUP seconds before the workload starts (default 22: two drains, so the first
+# symbolization of every process on the host is over and the window is the steady state).
 #
-#   agent/bench/overhead.sh [ROUNDS] [SECONDS]     (default 3 rounds of 20 s per configuration)
+# Two measurements per configuration, both over the workload's window only:
+#   - throughput ratio: workload iterations against the baseline run of the same round (the median of
+#     the per-round ratios is reported, and each round's). This is what the issues ask for; on this VM the
+#     CPU's speed itself moves by several percent between runs (also per CPU second the workload got, so
+#     it is not only steal time), which the per-round ratios show.
+#   - CPU taken by accounting, in % of the window's capacity (seconds x CPUs): the profiler process
+#     (utime+stime from /proc, 10 ms ticks), its BPF programs (run_time_ns from fdinfo with
+#     kernel.bpf_stats_enabled=1), and the local kiln-node that stores the agent's profiles (in
+#     production the node is on other machines); their sum is the loss by accounting. For perf record:
+#     the perf process. Not in either: the kernel's own cost of the sampling interrupt and (for perf
+#     and the fp unwinder) its stack walk, charged to the interrupted task.
+# Also: peak RSS (VmHWM over the agent's whole life, the first drain included).
+# Uses the RELEASE builds (cargo build --release -p kiln-agent -p kiln-node -p kiln-client). Needs root (BPF, perf).
+# Wrap it in `flock /tmp/kiln-bench.lock` when others benchmark on the same machine.
+#
+#   agent/bench/overhead.sh [ROUNDS] [SECONDS] [WARMUP]     (default 5 rounds, 20 s windows, 22 s warm-up)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROUNDS=${1:-3}
+ROUNDS=${1:-5}
 SECONDS_PER_RUN=${2:-20}
+WARMUP=${3:-22}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kiln-target}"
-BIN="$CARGO_TARGET_DIR/debug"
+BIN="$CARGO_TARGET_DIR/release"
+STATS_BEFORE=$(sysctl -n kernel.bpf_stats_enabled)
+bench_extra_cleanup() { sysctl -qw kernel.bpf_stats_enabled="$STATS_BEFORE" || true; }
 # shellcheck source=agent/bench/common.sh
 source agent/bench/common.sh
-bench_start "cargo build --workspace --all-targets"
+bench_start "cargo build --release -p kiln-agent -p kiln-node -p kiln-client"
+sysctl -qw kernel.bpf_stats_enabled=1
+CPUS=$(nproc)
+TICK=$(getconf CLK_TCK)
 
-# Starts the agent at $1 Hz, runs the workload, stops the agent; prints "throughput cpu_seconds rss_kib".
-run_agent() {
-    local hz=$1
-    KILN_LOG=warn "$BIN/kiln-agent" --server "$NODE" --metrics-listen "" --spool-dir "$WORK/spool-$hz" \
-        --frequency-hz "$hz" > /dev/null 2> "$WORK/agent-$hz.err" &
-    local pid=$!
-    sleep 3 # let it load BPF and settle: measure steady state
-    local throughput usage
-    throughput=$(run_spin)
-    usage=$(process_usage "$pid")
-    kill -TERM "$pid"
-    wait "$pid" || true
-    echo "$throughput $usage"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+bpf_run_ns() { # total run_time_ns of the BPF programs process $1 holds
+    local total=0 info
+    for info in /proc/"$1"/fdinfo/*; do
+        if grep -q '^prog_type' "$info" 2>/dev/null; then
+            total=$((total + $(awk '/^run_time_ns/ {print $2}' "$info")))
+        fi
+    done
+    echo "$total"
 }
 
-declare -a base a19 a99 perf19
-declare -a cpu19 cpu99 rss19 rss99
+# Runs the workload while process $1 (a profiler) runs; prints "throughput profiler_share bpf_share
+# node_share rss_kib" (shares in percent of the window's CPU capacity).
+measure_window() {
+    local pid=$1
+    local ticks0 node0 bpf0 ticks1 node1 bpf1 throughput start end
+    ticks0=$(cpu_ticks "$pid"); node0=$(cpu_ticks "$NODE_PID"); bpf0=$(bpf_run_ns "$pid")
+    start=$(date +%s.%N)
+    throughput=$(run_spin)
+    end=$(date +%s.%N)
+    ticks1=$(cpu_ticks "$pid"); node1=$(cpu_ticks "$NODE_PID"); bpf1=$(bpf_run_ns "$pid")
+    local capacity profiler bpf node
+    capacity=$(echo "($end - $start) * $CPUS" | bc -l)
+    profiler=$(echo "100 * (($ticks1 - $ticks0) / $TICK) / $capacity" | bc -l)
+    bpf=$(echo "100 * (($bpf1 - $bpf0) / 1000000000) / $capacity" | bc -l)
+    node=$(echo "100 * (($node1 - $node0) / $TICK) / $capacity" | bc -l)
+    echo "$throughput $profiler $bpf $node $(awk '/VmHWM/ {print $2}' "/proc/$pid/status")"
+}
+
+# kiln-agent with $1 = unwinder at $2 Hz: warm-up, measured window, stop.
+run_agent() {
+    local unwinder=$1 hz=$2
+    rm -rf "$WORK/spool"
+    KILN_LOG=warn "$BIN/kiln-agent" --server "$NODE" --metrics-listen "" --spool-dir "$WORK/spool" \
+        --frequency-hz "$hz" --unwinder "$unwinder" > /dev/null 2> "$WORK/agent-$unwinder-$hz.err" &
+    local pid=$!
+    sleep "$WARMUP"
+    measure_window "$pid"
+    kill -TERM "$pid"
+    wait "$pid" || true
+}
+
+# perf record -F 19 -a -g: warm-up, measured window, stop ("failed ..." when perf cannot run here).
+run_perf_record() {
+    perf record -F 19 -a -g -o "$WORK/perf.data" -- sleep 100000 > /dev/null 2> "$WORK/perf.err" &
+    local pid=$!
+    sleep "$WARMUP"
+    if ! kill -0 "$pid" 2>/dev/null; then
+        echo "failed 0 0 0 0"
+        return
+    fi
+    measure_window "$pid"
+    kill -INT "$pid"
+    wait "$pid" || true
+    rm -f "$WORK/perf.data"
+}
+
+CONFIGS="fp-19 dwarf-19 fp-99 dwarf-99 perf-19"
+declare -A RATIO SHARE BPF NODE_SHARE LOSS RSS
 for round in $(seq "$ROUNDS"); do
-    base+=("$(run_spin)")
-    read -r t c r < <(run_agent 19); a19+=("$t"); cpu19+=("$c"); rss19+=("$r")
-    read -r t c r < <(run_agent 99); a99+=("$t"); cpu99+=("$c"); rss99+=("$r")
-    perf19+=("$(run_perf)")
-    echo "round $round: base ${base[-1]} agent19 ${a19[-1]} agent99 ${a99[-1]} perf19 ${perf19[-1]}" >&2
+    read -r base _ < <(measure_window "$$")
+    line="round $round: base $base"
+    for config in $CONFIGS; do
+        if [ "$config" = perf-19 ]; then
+            read -r t s b n r < <(run_perf_record)
+        else
+            read -r t s b n r < <(run_agent "${config%-*}" "${config#*-}")
+        fi
+        [ "$t" = failed ] && { echo "perf record does not run here: $(head -c 300 "$WORK/perf.err")" >&2; continue; }
+        RATIO[$config]+="$(echo "$t / $base" | bc -l) "
+        SHARE[$config]+="$s "; BPF[$config]+="$b "; NODE_SHARE[$config]+="$n "; RSS[$config]+="$r "
+        LOSS[$config]+="$(echo "$s + $b + $n" | bc -l) "
+        line+=" $config $t"
+    done
+    echo "$line" >&2
 done
 
-B=$(median "${base[@]}")
-ratio() { echo "scale=5; $1 / $B" | bc -l; }
-echo "workload: $(nproc) spinning threads, $SECONDS_PER_RUN s per run, $ROUNDS interleaved rounds, medians"
-echo "baseline throughput: $B"
-echo "agent 19 Hz: ratio $(ratio "$(median "${a19[@]}")"), agent CPU s per run: $(median "${cpu19[@]}"), peak RSS KiB: $(median "${rss19[@]}")"
-echo "agent 99 Hz: ratio $(ratio "$(median "${a99[@]}")"), agent CPU s per run: $(median "${cpu99[@]}"), peak RSS KiB: $(median "${rss99[@]}")"
-report_perf "$B" "${perf19[@]}"
+echo "workload: $CPUS spinning threads, $SECONDS_PER_RUN s windows after $WARMUP s warm-up, $ROUNDS interleaved rounds; release builds"
+echo "medians of per-round values; CPU in % of the machine (profiler process, its BPF programs, local node)"
+printf '%-9s %-11s %-36s %-9s %-7s %-7s %-12s %s\n' config throughput "per-round throughput ratios" profiler BPF node "loss (acct)" "peak RSS (max)"
+for config in $CONFIGS; do
+    [ -n "${RATIO[$config]:-}" ] || continue
+    # shellcheck disable=SC2086
+    printf '%-9s %-11.4f %-36s %-9.3f %-7.3f %-7.3f %-12.3f %.1f MB\n' "$config" \
+        "$(median ${RATIO[$config]})" "$(printf '%.4f ' ${RATIO[$config]})" \
+        "$(median ${SHARE[$config]})" "$(median ${BPF[$config]})" "$(median ${NODE_SHARE[$config]})" \
+        "$(median ${LOSS[$config]})" "$(echo "$(printf '%s\n' ${RSS[$config]} | sort -g | tail -1) / 1024" | bc -l)"
+done

@@ -557,6 +557,7 @@ impl CpuProfiler {
                     self.metrics.cycle_errors.inc();
                 }
             }
+            self.metrics.cycles.inc();
             unwinder.end_cycle();
             cycle_start = cycle_end;
             processes.expire();

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub profiles: Counter,
     /// Drain cycles that failed.
     pub cycle_errors: Counter,
+    /// Drain cycles completed: counted after the cycle's batches were handed to the spool (or failed),
+    /// so a count seen on `/metrics` means those batches are already in the spool gauges.
+    pub cycles: Counter,
     /// Seconds per successful push of one batch.
     pub push_duration: Histogram,
     /// Failed push attempts, by kind (`unavailable`, `rejected`).
@@ -137,6 +140,12 @@ impl Metrics {
             "cycle_errors",
             "Profiling cycles that failed",
             cycle_errors.clone(),
+        );
+        let cycles = Counter::default();
+        registry.register(
+            "cycles",
+            "Profiling cycles completed (drained, built and spooled)",
+            cycles.clone(),
         );
         let push_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
@@ -247,6 +256,7 @@ impl Metrics {
             symbolization_failures,
             profiles,
             cycle_errors,
+            cycles,
             push_duration,
             push_errors,
             batches_pushed,

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze};
@@ -50,11 +51,23 @@ pub struct SymbolizeStats {
     pub cache_hits: u64,
     /// Addresses sent to blazesym.
     pub cache_misses: u64,
+    /// Times /proc/kallsyms was parsed (once, then every `KERNEL_SYMBOLS_MAX_AGE` or after an address
+    /// it did not name, at most every `KERNEL_SYMBOLS_MIN_AGE_FOR_RETRY`).
+    pub kernel_symbol_reads: u64,
 }
+
+/// How long a parsed kallsyms is used before it is read again (modules loaded since then are not in it).
+const KERNEL_SYMBOLS_MAX_AGE: Duration = Duration::from_secs(600);
+/// A kernel address that kallsyms did not name triggers a re-read, at most this often.
+const KERNEL_SYMBOLS_MIN_AGE_FOR_RETRY: Duration = Duration::from_secs(60);
 
 /// Caching symbolizer. Not `Sync`: one per profiling loop.
 pub struct Symbolizer {
     blaze: Blaze,
+    /// Kept across cycles, unlike `blaze`: parsing /proc/kallsyms (over 100,000 lines formatted by the
+    /// kernel on every read) was a third of the agent's CPU when it was re-read every cycle, and the
+    /// parsed table is the same size as the one a cycle would parse anyway.
+    kernel_blaze: Option<(Blaze, Instant)>,
     kernel_source: Source<'static>,
     user: HashMap<(FileKey, u64), Frames>,
     kernel: HashMap<u64, Frames>,
@@ -95,6 +108,7 @@ impl Symbolizer {
         };
         Symbolizer {
             blaze: blaze(),
+            kernel_blaze: None,
             kernel_source: Source::Kernel(kernel),
             user: HashMap::new(),
             kernel: HashMap::new(),
@@ -115,11 +129,34 @@ impl Symbolizer {
         self.stats
     }
 
-    /// Drops blazesym's parsed files (their memory maps and parsed symbols/DWARF) while keeping the
-    /// result caches; called after each file of [`Self::prefetch_user`] and between cycles to bound
-    /// memory.
+    /// Drops blazesym's parsed user-space files (their memory maps and parsed symbols/DWARF) while
+    /// keeping the result caches and the parsed kallsyms; called after each file of
+    /// [`Self::prefetch_user`] and between cycles to bound memory.
     pub fn release_parsed_files(&mut self) {
         self.blaze = blaze();
+    }
+
+    /// Makes sure there is a kernel symbolizer younger than `max_age`: a new one parses kallsyms on its
+    /// first lookup.
+    fn ensure_kernel_symbolizer(&mut self, max_age: Duration) {
+        let stale = self
+            .kernel_blaze
+            .as_ref()
+            .is_none_or(|(_, read_at)| read_at.elapsed() >= max_age);
+        if stale {
+            self.stats.kernel_symbol_reads += 1;
+            self.kernel_blaze = Some((blaze(), Instant::now()));
+        }
+    }
+
+    /// The frames of kernel addresses (`None` where kallsyms names nothing).
+    fn lookup_kernel(&self, addresses: &[u64]) -> Result<Vec<Option<Frames>>, blazesym::Error> {
+        let Some((kernel, _)) = &self.kernel_blaze else {
+            return Ok(vec![None; addresses.len()]);
+        };
+        kernel
+            .symbolize(&self.kernel_source, Input::AbsAddr(addresses))
+            .map(|results| results.iter().map(convert).collect())
     }
 
     /// Symbolizes kernel addresses; `addresses[i]` is a return address for `i > 0` (leaf first) and is
@@ -137,13 +174,27 @@ impl Symbolizer {
             if self.kernel.len() + missing.len() > self.max_entries {
                 self.kernel.clear();
             }
-            match self
-                .blaze
-                .symbolize(&self.kernel_source, Input::AbsAddr(&missing))
-            {
-                Ok(results) => {
-                    for (address, result) in missing.iter().zip(results) {
-                        let frames = convert(&result).unwrap_or_else(|| {
+            self.ensure_kernel_symbolizer(KERNEL_SYMBOLS_MAX_AGE);
+            let mut result = self.lookup_kernel(&missing);
+            let unnamed = result
+                .as_ref()
+                .map_or(true, |frames| frames.iter().any(Option::is_none));
+            if unnamed {
+                // Perhaps a module loaded since kallsyms was read: read it again, but not for every
+                // address it cannot name.
+                let retry = self
+                    .kernel_blaze
+                    .as_ref()
+                    .is_some_and(|(_, read_at)| read_at.elapsed() >= KERNEL_SYMBOLS_MIN_AGE_FOR_RETRY);
+                if retry {
+                    self.ensure_kernel_symbolizer(Duration::ZERO);
+                    result = self.lookup_kernel(&missing);
+                }
+            }
+            match result {
+                Ok(found) => {
+                    for (address, frames) in missing.iter().zip(found) {
+                        let frames = frames.unwrap_or_else(|| {
                             self.stats.failures += 1;
                             unknown("[unknown kernel]")
                         });
@@ -508,6 +559,36 @@ mod tests {
                 .contains("files_over_the_dwarf_limit_still_get_function_names"),
             "got {frames:?}"
         );
+    }
+
+    #[test]
+    fn kallsyms_is_read_once_not_every_cycle() {
+        // A kernel text address: from kallsyms as root; without root kallsyms shows zeros, and any
+        // address exercises the same path (unnamed, and too soon to read kallsyms again).
+        let schedule = std::fs::read_to_string("/proc/kallsyms").ok().and_then(|text| {
+            text.lines().find_map(|line| {
+                let mut fields = line.split_whitespace();
+                let address = u64::from_str_radix(fields.next()?, 16).ok()?;
+                let (_, name) = (fields.next()?, fields.next()?);
+                (name == "schedule" && address != 0).then_some(address)
+            })
+        });
+        let address = schedule.unwrap_or(0xffff_ffff_8100_0000);
+        let mut symbolizer = Symbolizer::new(4096);
+        let first = symbolizer.kernel_frames(&[address + 4]);
+        if schedule.is_some() {
+            assert_eq!(first[0][0].function, "schedule", "got {first:?}");
+        }
+        // The next cycles: parsed user files are dropped, new kernel addresses come in.
+        for cycle in 1..4u64 {
+            symbolizer.release_parsed_files();
+            let frames = symbolizer.kernel_frames(&[address + 4 + cycle]);
+            if schedule.is_some() {
+                assert_eq!(frames[0][0].function, "schedule", "got {frames:?}");
+            }
+        }
+        assert_eq!(symbolizer.stats().cache_misses, 4);
+        assert_eq!(symbolizer.stats().kernel_symbol_reads, 1);
     }
 
     #[test]

@@ -30,7 +30,7 @@ fn nested_functions_and_two_to_one_split() {
     assert!(status.success());
 
     let selector = format!("{CPU_SAMPLES}{{executable=\"burner\"}}");
-    // Wait until the stacks stop growing: the drain after the program's exit has been pushed.
+    // Wait until a drain after the program's exit has been pushed.
     let folded = settled_folded(&node, &selector, 1, &[&agent]);
     let heavy = sum_where(&folded, |stack| stack.contains("main;outer_heavy;inner_heavy"));
     let light = sum_where(&folded, |stack| stack.contains("main;outer_light;inner_light"));
@@ -90,7 +90,7 @@ fn syscalls_show_kernel_frames_under_user_frames() {
     let status = Command::new(&program).arg("4").status().expect("run syscaller");
     assert!(status.success());
     let selector = format!("{CPU_SAMPLES}{{executable=\"syscaller\"}}");
-    let folded = settled_folded(&node, &selector, 1, &[]);
+    let folded = settled_folded(&node, &selector, 1, &[&agent]);
     for (stack, value) in folded.iter().take(10) {
         eprintln!("{value:6} {stack}");
     }

@@ -96,7 +96,7 @@ fn omit_frame_pointer_chain_through_a_shared_library_is_whole() {
     assert!(status.success());
 
     let selector = format!("{CPU_SAMPLES}{{executable=\"dwarfchain\"}}");
-    let folded = settled_folded(&node, &selector, 100, &[]);
+    let folded = settled_folded(&node, &selector, 100, &[&agent]);
     for (stack, value) in folded.iter().take(10) {
         eprintln!("{value:6} {stack}");
     }
@@ -220,8 +220,8 @@ fn stock_python_stacks_are_three_times_deeper_than_frame_pointers() {
         },
     );
     drop(python);
-    let dwarf = settled_folded(&node, &pid_selector("dwarf-host"), 200, &[]);
-    let fp = settled_folded(&node, &pid_selector("fp-host"), 200, &[]);
+    let dwarf = settled_folded(&node, &pid_selector("dwarf-host"), 200, &[&dwarf_agent]);
+    let fp = settled_folded(&node, &pid_selector("fp-host"), 200, &[&fp_agent]);
     eprintln!("DWARF:");
     for (stack, value) in dwarf.iter().take(5) {
         eprintln!("{value:6} {stack}");

@@ -19,7 +19,8 @@
 //! `support::workload::merge_request` is timed (median of several runs after one
 //! warm-up) through gRPC. All processes share this machine's cores, so the ratios
 //! are what matters. Overrides: `KILN_BENCH_SERIES`, `KILN_BENCH_MINUTES`,
-//! `KILN_BENCH_CLIENTS`, `KILN_BENCH_BATCH`, `KILN_BENCH_DIR`, `KILN_BENCH_ONLY` (only the
+//! `KILN_BENCH_CLIENTS`, `KILN_BENCH_BATCH`, `KILN_BENCH_DIR`, `KILN_BENCH_CLUSTER_GROUPS`
+//! (groups of the 3-node deployment), `KILN_BENCH_ONLY` (only the
 //! deployments of that many nodes; the ratios then compare with the first one run). Without `--bench`
 //! (as `cargo test --all-targets` runs it) it does a few-second smoke run.
 
@@ -327,10 +328,14 @@ fn main() {
     }
     .expect("temp dir");
     let merge = merge_request(&spec);
+    // KILN_BENCH_CLUSTER_GROUPS=N gives the 3-node deployment N groups instead of 8 (to see what the
+    // per-group costs are).
+    let cluster_groups: u32 = env_number("KILN_BENCH_CLUSTER_GROUPS").unwrap_or(8);
+    let cluster_name = format!("3 nodes RF=3, {cluster_groups} groups");
     let deployments: [(&str, usize, u32); 3] = [
         ("1 node, 1 group", 1, 1),
         ("1 node, 8 groups", 1, 8),
-        ("3 nodes RF=3, 8 groups", 3, 8),
+        (&cluster_name, 3, cluster_groups),
     ];
     // KILN_BENCH_ONLY=3 runs only the deployments with that many nodes (profiling).
     let only: Option<usize> = env_number("KILN_BENCH_ONLY");

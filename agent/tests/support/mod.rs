@@ -449,32 +449,47 @@ pub fn profiling_args<'a>(node: &'a TestNode, spool: &'a str) -> Vec<&'a str> {
     ]
 }
 
-/// Waits until the folded stacks of `selector` hold at least `minimum` samples, stop growing and every
-/// agent of `agents` has an empty spool (the drain after the workload has been pushed), and returns
-/// them. "Stop growing" is judged across 1.5 s, longer than the tests' 1 s drain interval, so an
-/// unchanged total means a whole drain added nothing.
+/// Returns the folded stacks of `selector` once everything `agents` sampled before this call is stored,
+/// and asserts they hold at least `minimum` samples. Callers stop the workload first.
+///
+/// Exact, not timed: a cycle that completes after the one in progress at the call drained the BPF maps
+/// after the call (so after the workload's last sample); the `cycles` counter moves only once that
+/// cycle's batches are in the spool gauges, so a later scrape showing an empty spool means the node
+/// acknowledged them, and acknowledged writes are visible to queries.
 pub fn settled_folded(
     node: &TestNode,
     selector: &str,
     minimum: i64,
     agents: &[&TestAgent],
 ) -> Vec<(String, i64)> {
-    let mut last = -1;
+    assert!(!agents.is_empty(), "settled_folded needs the agents that sampled");
+    let targets: Vec<f64> = agents.iter().map(|agent| agent.metric("cycles") + 2.0).collect();
     wait_for(
-        &format!("samples of {selector} to be stored"),
+        &format!("a whole drain cycle of every agent after the workload ({selector})"),
         Duration::from_secs(90),
         || {
-            let folded = node.folded(selector);
-            let total: i64 = folded.iter().map(|(_, value)| value).sum();
-            let spooled = agents.iter().any(|agent| agent.metric("spool_batches") != 0.0);
-            let done = total >= minimum && total == last && !spooled;
-            last = total;
-            if done {
-                Some(folded)
-            } else {
-                std::thread::sleep(Duration::from_millis(1500));
-                None
-            }
+            agents
+                .iter()
+                .zip(&targets)
+                .all(|(agent, target)| agent.metric("cycles") >= *target)
+                .then_some(())
         },
-    )
+    );
+    wait_for(
+        &format!("every agent's spool to be pushed ({selector})"),
+        Duration::from_secs(90),
+        || {
+            agents
+                .iter()
+                .all(|agent| agent.metric("spool_batches") == 0.0)
+                .then_some(())
+        },
+    );
+    let folded = node.folded(selector);
+    let total: i64 = folded.iter().map(|(_, value)| value).sum();
+    assert!(
+        total >= minimum,
+        "{selector}: {total} samples stored, expected at least {minimum}"
+    );
+    folded
 }
