@@ -125,6 +125,25 @@ impl ModuleTables {
     }
 }
 
+/// The address range and the (decompressed) contents of section `name`, `None` when it is absent, empty
+/// or unreadable. Decompressing matters for `.debug_frame`: Go binaries, which have no `.eh_frame`,
+/// carry it zlib-compressed (`SHF_COMPRESSED`), and so does anything linked with `-gz`.
+fn section_bytes<'data, R: object::ReadRef<'data>>(
+    file: &object::File<'data, R>,
+    name: &str,
+) -> Option<(Range<u64>, SectionBytes)> {
+    let section = file.section_by_name(name)?;
+    let data = section.uncompressed_data().ok()?;
+    if data.is_empty() {
+        return None;
+    }
+    let start = section.address();
+    Some((
+        start..start + section.size(),
+        SectionBytes(Arc::from(data.as_ref())),
+    ))
+}
+
 /// Reads the unwind tables of the ELF image in `data` (a file, or our own copy of the vDSO).
 fn parse_tables<'data, R: object::ReadRef<'data>>(data: R, path: &Path) -> Result<ModuleTables, UnwindError> {
     let file = object::File::parse(data).map_err(|error| UnwindError::Parse {
@@ -133,14 +152,9 @@ fn parse_tables<'data, R: object::ReadRef<'data>>(data: R, path: &Path) -> Resul
     })?;
     let mut bytes = 0;
     let mut section = |name: &str| -> Option<(Range<u64>, SectionBytes)> {
-        let section = file.section_by_name(name)?;
-        let data = section.data().ok()?;
-        if data.is_empty() {
-            return None;
-        }
-        bytes += data.len();
-        let start = section.address();
-        Some((start..start + section.size(), SectionBytes(Arc::from(data))))
+        let (range, data) = section_bytes(&file, name)?;
+        bytes += data.0.len();
+        Some((range, data))
     };
     let eh_frame = section(".eh_frame");
     let eh_frame_hdr = if eh_frame.is_some() {
@@ -684,6 +698,56 @@ mod tests {
                 copy_full,
             },
         )
+    }
+
+    #[test]
+    fn compressed_debug_frame_is_read_decompressed() {
+        // A library whose .debug_frame is zlib-compressed (as Go binaries ship theirs), and the same
+        // library with its debug sections decompressed by objcopy: the unwinder must see the same bytes.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let programs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs");
+        let compressed = dir.path().join("libcompressed.so");
+        let status = std::process::Command::new("clang")
+            .args([
+                "-O2",
+                "-g",
+                "-gz=zlib",
+                "-fno-asynchronous-unwind-tables",
+                "-fno-unwind-tables",
+            ])
+            .args(["-fPIC", "-shared", "-o"])
+            .arg(&compressed)
+            .arg(programs.join("dwarfchain_lib.c"))
+            .status()
+            .expect("run clang (Debian package clang)");
+        assert!(status.success(), "building the library failed");
+        let plain = dir.path().join("libplain.so");
+        let status = std::process::Command::new("objcopy")
+            .arg("--decompress-debug-sections")
+            .arg(&compressed)
+            .arg(&plain)
+            .status()
+            .expect("run objcopy (Debian package binutils)");
+        assert!(status.success(), "objcopy failed");
+        let read = |path: &Path| {
+            let bytes = std::fs::read(path).expect("read library");
+            let file = object::File::parse(bytes.as_slice()).expect("parse library");
+            let is_compressed = file
+                .section_by_name(".debug_frame")
+                .and_then(|section| section.compressed_file_range().ok())
+                .is_some_and(|range| range.format != object::CompressionFormat::None);
+            let (_, data) = section_bytes(&file, ".debug_frame").expect(".debug_frame present");
+            (is_compressed, data.0.to_vec())
+        };
+        let (was_compressed, from_compressed) = read(&compressed);
+        let (plain_compressed, from_plain) = read(&plain);
+        assert!(
+            was_compressed && !plain_compressed,
+            "the test files are not what they should be"
+        );
+        assert_eq!(from_compressed, from_plain);
+        // A .debug_frame CIE: 32-bit length, then the CIE id 0xffffffff.
+        assert_eq!(&from_plain[4..8], &[0xff; 4]);
     }
 
     #[test]
