@@ -6,6 +6,7 @@
 //! once. Every failure is local: an address that cannot be symbolized becomes an unknown frame and is
 //! counted, never an error for the cycle.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -250,7 +251,7 @@ impl Symbolizer {
                 continue;
             }
             let file_offset = address - mapping.start + mapping.offset;
-            let Some((key, open_path)) = self.file_key(proc_root, pid, mapping) else {
+            let Some(key) = self.file_key(proc_root, pid, mapping) else {
                 self.stats.failures += 1;
                 out[index] = Some(unknown(&format!("[{}]", basename(&mapping.path))));
                 continue;
@@ -260,11 +261,18 @@ impl Symbolizer {
                 out[index] = Some(frames.clone());
                 continue;
             }
-            misses
-                .entry(key)
-                .or_insert_with(|| (open_path, Vec::new()))
-                .1
-                .push((index, file_offset));
+            let file_misses = match misses.entry(key) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => match mapping.open_path(proc_root, pid) {
+                    Some(open_path) => entry.insert((open_path, Vec::new())),
+                    None => {
+                        self.stats.failures += 1;
+                        out[index] = Some(unknown(&format!("[{}]", basename(&mapping.path))));
+                        continue;
+                    }
+                },
+            };
+            file_misses.1.push((index, file_offset));
         }
         let total_misses: usize = misses.values().map(|(_, list)| list.len()).sum();
         if self.user.len() + total_misses > self.max_entries {
@@ -311,16 +319,19 @@ impl Symbolizer {
                     continue;
                 }
                 let file_offset = address - mapping.start + mapping.offset;
-                let Some((key, open_path)) = self.file_key(proc_root, pid, mapping) else {
+                let Some(key) = self.file_key(proc_root, pid, mapping) else {
                     continue;
                 };
                 if self.user.contains_key(&(key.clone(), file_offset)) {
                     continue;
                 }
-                let offsets = &mut misses
-                    .entry(key)
-                    .or_insert_with(|| (open_path, Default::default()))
-                    .1;
+                let offsets = match misses.entry(key) {
+                    Entry::Occupied(entry) => &mut entry.into_mut().1,
+                    Entry::Vacant(entry) => match mapping.open_path(proc_root, pid) {
+                        Some(open_path) => &mut entry.insert((open_path, Default::default())).1,
+                        None => continue,
+                    },
+                };
                 if offsets.insert(file_offset) {
                     total += 1;
                     if total >= self.max_entries {
@@ -377,17 +388,14 @@ impl Symbolizer {
     /// The cache key of a mapped file and the path to open it by: the plain path when it is the same
     /// file in our mount namespace (so blazesym parses a binary shared by many processes once),
     /// `/proc/PID/root/PATH` otherwise (containers).
-    fn file_key(
-        &mut self,
-        proc_root: &std::path::Path,
-        pid: u32,
-        mapping: &Mapping,
-    ) -> Option<(FileKey, PathBuf)> {
-        let open_path = mapping.open_path(proc_root, pid)?;
+    fn file_key(&mut self, proc_root: &std::path::Path, pid: u32, mapping: &Mapping) -> Option<FileKey> {
         let cache_key = (mapping.path.clone(), mapping.dev_inode.clone());
         if let Some(known) = self.files.get(&cache_key) {
-            return known.clone().map(|key| (key, open_path));
+            // No file system access for a known file: cached addresses of a binary that was deleted
+            // or of a process that exited still resolve, and a hit costs no stat.
+            return known.clone();
         }
+        let open_path = mapping.open_path(proc_root, pid)?;
         let build_id = match blazesym::helper::read_elf_build_id(&open_path) {
             Ok(Some(id)) => id.iter().map(|byte| format!("{byte:02x}")).collect(),
             Ok(None) => String::new(),
@@ -405,7 +413,7 @@ impl Symbolizer {
             self.files.clear();
         }
         self.files.insert(cache_key, Some(key.clone()));
-        Some((key, open_path))
+        Some(key)
     }
 
     /// The build id (hex) of a mapping's file, when known.
@@ -559,6 +567,45 @@ mod tests {
                 .contains("files_over_the_dwarf_limit_still_get_function_names"),
             "got {frames:?}"
         );
+    }
+
+    #[test]
+    fn cached_addresses_of_a_deleted_file_still_symbolize() {
+        // A copy of this test binary stands for a program whose file was deleted (upgraded, or a
+        // temporary build) after its addresses were first symbolized: later cycles answer from the
+        // cache instead of giving up because the file can no longer be opened.
+        use std::os::unix::fs::MetadataExt;
+        let pid = std::process::id();
+        let own = crate::process::read_process(std::path::Path::new("/proc"), pid);
+        let address = cached_addresses_of_a_deleted_file_still_symbolize as fn() as usize as u64;
+        let own_mapping = own.mapping_for(address).expect("own code is mapped").clone();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("deleted-program");
+        std::fs::copy(&own_mapping.path, &copy).expect("copy the test binary");
+        let metadata = std::fs::metadata(&copy).expect("stat the copy");
+        let dev = metadata.dev();
+        let mapping = Mapping {
+            path: copy.to_str().expect("utf-8 path").to_string(),
+            dev_inode: (
+                format!("{:x}:{:x}", libc::major(dev), libc::minor(dev)),
+                metadata.ino(),
+            ),
+            ..own_mapping
+        };
+        let process = ProcessInfo {
+            mappings: vec![mapping],
+            known: true,
+            ..Default::default()
+        };
+        let mut symbolizer = Symbolizer::new(4096);
+        symbolizer.set_max_dwarf_file_bytes(0); // ELF symbols: enough, and fast
+        let first = symbolizer.user_frames(std::path::Path::new("/proc"), pid, &process, &[address]);
+        let name = "cached_addresses_of_a_deleted_file_still_symbolize";
+        assert!(first[0][0].function.contains(name), "got {first:?}");
+        std::fs::remove_file(&copy).expect("delete the copy");
+        let again = symbolizer.user_frames(std::path::Path::new("/proc"), pid, &process, &[address]);
+        assert!(again[0][0].function.contains(name), "got {again:?}");
+        assert_eq!(symbolizer.stats().failures, 0);
     }
 
     #[test]
