@@ -415,25 +415,30 @@ fn replica_merge(node: &TestNode, group: u32) -> api::MergeResponse {
         .expect("merge")
 }
 
+/// Writes round `round` of the stripping test through `node`: one of four real pprofs,
+/// under labels of its own, so later rounds resend stacks that are already stored.
+async fn write_strip_round(node: &TestNode, round: usize) {
+    let files = ["cpu.pb.gz", "cpu-1.pb.gz", "cpu-2.pb.gz", "cpu-3.pb.gz"];
+    node.state
+        .cluster
+        .write(write_request_of(
+            &format!("strip-{round}"),
+            round,
+            files[round % 4],
+        ))
+        .await
+        .unwrap_or_else(|error| panic!("write round {round}: {error}"));
+}
+
 /// Proposals leave out the stacks and symbols their group already stores. Every
 /// replica must still store the same data: one that caught up by snapshot, one that
 /// proposes right after installing one, and followers applying stripped entries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stripping_every_replica_stores_the_same_data_when_entries_leave_out_stored_content() {
     let nodes = start_cluster(3).await;
-    let files = ["cpu.pb.gz", "cpu-1.pb.gz", "cpu-2.pb.gz", "cpu-3.pb.gz"];
     let (leader, lagging) = cut_off_one_follower(&nodes, 1);
     for round in 0..8 {
-        node(&nodes, leader)
-            .state
-            .cluster
-            .write(write_request_of(
-                &format!("strip-{round}"),
-                round,
-                files[round % 4],
-            ))
-            .await
-            .expect("write while one replica lags");
+        write_strip_round(node(&nodes, leader), round).await;
     }
     let covered = snapshot_and_purge(node(&nodes, leader), 1).await;
     heal_all(&nodes);
@@ -444,16 +449,7 @@ async fn stripping_every_replica_stores_the_same_data_when_entries_leave_out_sto
     // Now from every node, the caught-up one included: the same pprofs again under
     // new labels, so every stack is already stored somewhere.
     for round in 8..20 {
-        nodes[round % 3]
-            .state
-            .cluster
-            .write(write_request_of(
-                &format!("strip-{round}"),
-                round,
-                files[round % 4],
-            ))
-            .await
-            .expect("write");
+        write_strip_round(&nodes[round % 3], round).await;
     }
     for group in [1, 2] {
         let leader = wait_all_applied(&nodes, group).await;

@@ -71,8 +71,10 @@ impl CommittedContent {
         self.symbols.write().clear();
     }
 
-    /// True when the stack with this content hash is stored in the group.
-    pub fn has_stack(&self, hash: u64) -> bool {
+    /// True when the stack with this content hash is stored in the group (tests; the
+    /// proposer checks a whole write under one lock with [`Self::with_sets`]).
+    #[cfg(test)]
+    fn has_stack(&self, hash: u64) -> bool {
         self.stacks.read().contains(&hash)
     }
 
