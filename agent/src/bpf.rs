@@ -558,28 +558,22 @@ impl Sampler {
         generation: u32,
         on_event: &mut dyn FnMut(&StackEvent<'_>),
     ) -> Result<(), BpfError> {
-        let deadline = Instant::now() + QUIESCE_DEADLINE;
-        loop {
+        let arrived = poll_until_deadline(|| {
             self.poll_events(on_event);
-            let sent = self.events_sent(generation)?;
-            let consumed = self.events_consumed[generation as usize];
-            if consumed >= sent {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    generation,
-                    sent,
-                    consumed,
-                    "stack events of the drained generation did not arrive within {QUIESCE_DEADLINE:?}"
-                );
-                // The counts stay cumulative, so a late event is still counted once when it arrives;
-                // it is then attributed to the next cycle of its generation (bound only hit if a CPU
-                // went offline mid-program).
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_micros(200));
+            Ok(self.events_consumed[generation as usize] >= self.events_sent(generation)?)
+        })?;
+        if !arrived {
+            tracing::warn!(
+                generation,
+                sent = self.events_sent(generation)?,
+                consumed = self.events_consumed[generation as usize],
+                "stack events of the drained generation did not arrive within {QUIESCE_DEADLINE:?}"
+            );
+            // The counts stay cumulative, so a late event is still counted once when it arrives; it is
+            // then attributed to the next cycle of its generation (bound only hit if a CPU went offline
+            // mid-program).
         }
+        Ok(())
     }
 
     /// The processes sampled so far in the current generation, read without changing anything, so that
@@ -597,21 +591,32 @@ impl Sampler {
         if busy.is_empty() {
             return Ok(());
         }
-        let deadline = Instant::now() + QUIESCE_DEADLINE;
-        loop {
+        let finished = poll_until_deadline(|| {
             let now = self.inflight_sequences()?;
-            if busy.iter().all(|cpu| now.get(*cpu) != snapshot.get(*cpu)) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    ?busy,
-                    "a BPF program did not finish within {QUIESCE_DEADLINE:?}; draining anyway"
-                );
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_micros(200));
+            Ok(busy.iter().all(|cpu| now.get(*cpu) != snapshot.get(*cpu)))
+        })?;
+        if !finished {
+            tracing::warn!(
+                ?busy,
+                "a BPF program did not finish within {QUIESCE_DEADLINE:?}; draining anyway"
+            );
         }
+        Ok(())
+    }
+}
+
+/// Calls `done` every 200 µs until it answers true (returns true) or [`QUIESCE_DEADLINE`] has passed
+/// (returns false): the drain's waits for BPF programs, which run for microseconds.
+fn poll_until_deadline(mut done: impl FnMut() -> Result<bool, BpfError>) -> Result<bool, BpfError> {
+    let deadline = Instant::now() + QUIESCE_DEADLINE;
+    loop {
+        if done()? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 

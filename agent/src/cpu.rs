@@ -287,9 +287,7 @@ impl CpuProfiler {
             symbolizer.release_parsed_files();
         }
         for ((pid, unwinder), samples) in by_pid {
-            let Some(info) = infos.get(&pid) else {
-                continue; // every pid of by_pid is in infos
-            };
+            let info = &infos[&pid];
             let labels = labels_cache
                 .entry((pid, unwinder))
                 .or_insert_with(|| {

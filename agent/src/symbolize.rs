@@ -6,6 +6,7 @@
 //! once. Every failure is local: an address that cannot be symbolized becomes an unknown frame and is
 //! counted, never an error for the cycle.
 
+use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -236,43 +237,29 @@ impl Symbolizer {
         // Group the misses by file so blazesym gets one batch per file.
         let mut misses: HashMap<FileKey, (PathBuf, Vec<(usize, u64)>)> = HashMap::new();
         for (index, address) in lookups.iter().enumerate() {
-            let Some(mapping) = process.mapping_for(*address) else {
+            let (key, file_offset, mapping) = match self.lookup_user(proc_root, pid, process, *address) {
+                UserLookup::Cached(frames) => {
+                    self.stats.cache_hits += 1;
+                    out[index] = Some(frames);
+                    continue;
+                }
+                UserLookup::Unknown(label) => {
+                    self.stats.failures += 1;
+                    out[index] = Some(unknown(&label));
+                    continue;
+                }
+                UserLookup::Miss {
+                    key,
+                    file_offset,
+                    mapping,
+                } => (key, file_offset, mapping),
+            };
+            let Some(file_misses) = file_misses(&mut misses, key, mapping, proc_root, pid) else {
                 self.stats.failures += 1;
-                out[index] = Some(unknown(if process.known {
-                    "[unknown]"
-                } else {
-                    "[exited process]"
-                }));
+                out[index] = Some(unknown(&unopenable(mapping)));
                 continue;
             };
-            if !mapping.is_file() {
-                self.stats.failures += 1;
-                out[index] = Some(unknown(&mapping.path.clone().if_empty("[anonymous]")));
-                continue;
-            }
-            let file_offset = address - mapping.start + mapping.offset;
-            let Some(key) = self.file_key(proc_root, pid, mapping) else {
-                self.stats.failures += 1;
-                out[index] = Some(unknown(&format!("[{}]", basename(&mapping.path))));
-                continue;
-            };
-            if let Some(frames) = self.user.get(&(key.clone(), file_offset)) {
-                self.stats.cache_hits += 1;
-                out[index] = Some(frames.clone());
-                continue;
-            }
-            let file_misses = match misses.entry(key) {
-                Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) => match mapping.open_path(proc_root, pid) {
-                    Some(open_path) => entry.insert((open_path, Vec::new())),
-                    None => {
-                        self.stats.failures += 1;
-                        out[index] = Some(unknown(&format!("[{}]", basename(&mapping.path))));
-                        continue;
-                    }
-                },
-            };
-            file_misses.1.push((index, file_offset));
+            file_misses.push((index, file_offset));
         }
         let total_misses: usize = misses.values().map(|(_, list)| list.len()).sum();
         if self.user.len() + total_misses > self.max_entries {
@@ -312,25 +299,17 @@ impl Symbolizer {
         let mut total = 0usize;
         'stacks: for (pid, process, addresses) in stacks {
             for address in lookup_addresses(addresses) {
-                let Some(mapping) = process.mapping_for(address) else {
+                // Unknown addresses and cache hits are left to `user_frames`, which counts them.
+                let UserLookup::Miss {
+                    key,
+                    file_offset,
+                    mapping,
+                } = self.lookup_user(proc_root, pid, process, address)
+                else {
                     continue;
                 };
-                if !mapping.is_file() {
+                let Some(offsets) = file_misses(&mut misses, key, mapping, proc_root, pid) else {
                     continue;
-                }
-                let file_offset = address - mapping.start + mapping.offset;
-                let Some(key) = self.file_key(proc_root, pid, mapping) else {
-                    continue;
-                };
-                if self.user.contains_key(&(key.clone(), file_offset)) {
-                    continue;
-                }
-                let offsets = match misses.entry(key) {
-                    Entry::Occupied(entry) => &mut entry.into_mut().1,
-                    Entry::Vacant(entry) => match mapping.open_path(proc_root, pid) {
-                        Some(open_path) => &mut entry.insert((open_path, Default::default())).1,
-                        None => continue,
-                    },
                 };
                 if offsets.insert(file_offset) {
                     total += 1;
@@ -351,6 +330,42 @@ impl Symbolizer {
             self.symbolize_file(&key, &open_path, &offsets);
             // Unmap and free this file before the next one is opened: the point of this function.
             self.release_parsed_files();
+        }
+    }
+
+    /// Where the frames of user address `address` of `process` come from (see [`UserLookup`]).
+    fn lookup_user<'m>(
+        &mut self,
+        proc_root: &std::path::Path,
+        pid: u32,
+        process: &'m ProcessInfo,
+        address: u64,
+    ) -> UserLookup<'m> {
+        let Some(mapping) = process.mapping_for(address) else {
+            return UserLookup::Unknown(Cow::Borrowed(if process.known {
+                "[unknown]"
+            } else {
+                "[exited process]"
+            }));
+        };
+        if !mapping.is_file() {
+            return UserLookup::Unknown(if mapping.path.is_empty() {
+                Cow::Borrowed("[anonymous]")
+            } else {
+                Cow::Borrowed(mapping.path.as_str())
+            });
+        }
+        let file_offset = address - mapping.start + mapping.offset;
+        let Some(key) = self.file_key(proc_root, pid, mapping) else {
+            return UserLookup::Unknown(Cow::Owned(unopenable(mapping)));
+        };
+        if let Some(frames) = self.user.get(&(key.clone(), file_offset)) {
+            return UserLookup::Cached(frames.clone());
+        }
+        UserLookup::Miss {
+            key,
+            file_offset,
+            mapping,
         }
     }
 
@@ -425,22 +440,45 @@ impl Symbolizer {
     }
 }
 
-trait IfEmpty {
-    fn if_empty(self, fallback: &str) -> String;
-}
-
-impl IfEmpty for String {
-    fn if_empty(self, fallback: &str) -> String {
-        if self.is_empty() {
-            fallback.to_string()
-        } else {
-            self
-        }
-    }
-}
-
 fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Where the frames of one user address come from.
+enum UserLookup<'m> {
+    /// The result cache has them.
+    Cached(Frames),
+    /// Not cached: `file_offset` is to be symbolized in the file of `mapping` (cache key `key`).
+    Miss {
+        key: FileKey,
+        file_offset: u64,
+        mapping: &'m Mapping,
+    },
+    /// Cannot be symbolized: an unknown frame with this label stands for it.
+    Unknown(Cow<'m, str>),
+}
+
+/// The label of the unknown frame of an address whose mapped file cannot be opened.
+fn unopenable(mapping: &Mapping) -> String {
+    format!("[{}]", basename(&mapping.path))
+}
+
+/// The addresses to symbolize in `key`'s file, grouped per file so that blazesym gets one batch per
+/// file; the path to open it by is found when the file first shows up. `None` when it cannot be opened.
+fn file_misses<'a, T: Default>(
+    misses: &'a mut HashMap<FileKey, (PathBuf, T)>,
+    key: FileKey,
+    mapping: &Mapping,
+    proc_root: &std::path::Path,
+    pid: u32,
+) -> Option<&'a mut T> {
+    match misses.entry(key) {
+        Entry::Occupied(entry) => Some(&mut entry.into_mut().1),
+        Entry::Vacant(entry) => {
+            let open_path = mapping.open_path(proc_root, pid)?;
+            Some(&mut entry.insert((open_path, T::default())).1)
+        }
+    }
 }
 
 /// Leaf first: the leaf is the interrupted instruction, every other frame a return address, looked up
