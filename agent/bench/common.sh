@@ -1,6 +1,5 @@
 # Shared by the agent benchmarks (overhead.sh, unwind.sh); sourced, not run. The caller sets BIN (the
-# directory with kiln-node and kiln-agent) and SECONDS_PER_RUN, then calls bench_start. A caller with
-# more to undo at exit defines bench_extra_cleanup.
+# directory with kiln-node and kiln-agent) and SECONDS_PER_RUN, then calls bench_start.
 
 # Checks the binaries, makes WORK, builds the spinning workload, starts a local kiln-node (NODE is its
 # address) and arranges for all of it to go away at exit. $1: the build command to suggest.
@@ -19,9 +18,16 @@ bench_start() {
     NODE=$(sed -n 's/^listening on //p' "$WORK/node.out" | head -1)
 }
 
+# Turns on the kernel's BPF run-time statistics (run_time_ns and run_cnt in a program's fdinfo) for the
+# benchmark; bench_cleanup puts the setting back.
+bench_enable_bpf_stats() {
+    BPF_STATS_BEFORE=$(sysctl -n kernel.bpf_stats_enabled)
+    sysctl -qw kernel.bpf_stats_enabled=1
+}
+
 bench_cleanup() {
-    if declare -F bench_extra_cleanup > /dev/null; then
-        bench_extra_cleanup
+    if [ -n "${BPF_STATS_BEFORE:-}" ]; then
+        sysctl -qw kernel.bpf_stats_enabled="$BPF_STATS_BEFORE" || true
     fi
     if [ -n "$NODE_PID" ]; then
         kill "$NODE_PID" 2>/dev/null || true
@@ -49,12 +55,26 @@ run_perf() {
     echo "$throughput"
 }
 
+# CPU time (utime + stime) of process $1 in clock ticks (getconf CLK_TCK per second).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 # CPU seconds (utime + stime) and peak RSS in KiB (VmHWM) of process $1, as "seconds kib".
 process_usage() {
-    local ticks rss
-    ticks=$(awk '{print $14 + $15}' "/proc/$1/stat")
+    local rss
     rss=$(awk '/VmHWM/ {print $2}' "/proc/$1/status")
-    echo "$(echo "$ticks / $(getconf CLK_TCK)" | bc -l) $rss"
+    echo "$(echo "$(cpu_ticks "$1") / $(getconf CLK_TCK)" | bc -l) $rss"
+}
+
+# The sum of fdinfo field $2 (run_time_ns, run_cnt) over the BPF programs process $1 holds (needs
+# bench_enable_bpf_stats for non-zero values).
+bpf_prog_stat() {
+    local total=0 info
+    for info in /proc/"$1"/fdinfo/*; do
+        if grep -q '^prog_type' "$info" 2>/dev/null; then
+            total=$((total + $(awk -v field="$2" '$1 == field ":" {print $2}' "$info")))
+        fi
+    done
+    echo "$total"
 }
 
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }

@@ -28,25 +28,13 @@ SECONDS_PER_RUN=${2:-20}
 WARMUP=${3:-22}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kiln-target}"
 BIN="$CARGO_TARGET_DIR/release"
-STATS_BEFORE=$(sysctl -n kernel.bpf_stats_enabled)
-bench_extra_cleanup() { sysctl -qw kernel.bpf_stats_enabled="$STATS_BEFORE" || true; }
 # shellcheck source=agent/bench/common.sh
 source agent/bench/common.sh
 bench_start "cargo build --release -p kiln-agent -p kiln-node -p kiln-client"
-sysctl -qw kernel.bpf_stats_enabled=1
+bench_enable_bpf_stats
 CPUS=$(nproc)
 TICK=$(getconf CLK_TCK)
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-bpf_run_ns() { # total run_time_ns of the BPF programs process $1 holds
-    local total=0 info
-    for info in /proc/"$1"/fdinfo/*; do
-        if grep -q '^prog_type' "$info" 2>/dev/null; then
-            total=$((total + $(awk '/^run_time_ns/ {print $2}' "$info")))
-        fi
-    done
-    echo "$total"
-}
+bpf_run_ns() { bpf_prog_stat "$1" run_time_ns; }
 
 # Runs the workload while process $1 (a profiler) runs; prints "throughput profiler_share bpf_share
 # node_share rss_kib" (shares in percent of the window's CPU capacity).

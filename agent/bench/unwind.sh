@@ -7,7 +7,7 @@
 #   - BPF program cost per sample (run_time_ns / run_cnt from the program's fdinfo, with
 #     kernel.bpf_stats_enabled=1 during the run) and user-space unwind time per DWARF sample
 #     (kiln_agent_dwarf_unwind_nanoseconds / kiln_agent_dwarf_unwound).
-# Uses the RELEASE builds (cargo build --release -p kiln-agent -p kiln-node). Needs root (BPF, perf).
+# Uses the RELEASE builds (cargo build --release -p kiln-agent -p kiln-node -p kiln-client). Needs root (BPF, perf).
 # Wrap it in `flock /tmp/kiln-bench.lock` when others benchmark on the same machine.
 #
 #   agent/bench/unwind.sh [ROUNDS] [SECONDS]     (default 3 rounds of 15 s per configuration)
@@ -17,12 +17,10 @@ ROUNDS=${1:-3}
 SECONDS_PER_RUN=${2:-15}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kiln-target}"
 BIN="$CARGO_TARGET_DIR/release"
-STATS_BEFORE=$(sysctl -n kernel.bpf_stats_enabled)
-bench_extra_cleanup() { sysctl -qw kernel.bpf_stats_enabled="$STATS_BEFORE" || true; }
 # shellcheck source=agent/bench/common.sh
 source agent/bench/common.sh
-bench_start "cargo build --release -p kiln-agent -p kiln-node"
-sysctl -qw kernel.bpf_stats_enabled=1
+bench_start "cargo build --release -p kiln-agent -p kiln-node -p kiln-client"
+bench_enable_bpf_stats
 
 metric() { # ADDRESS NAME -> value of kiln_agent_NAME(_total), 0 when absent
     curl -s "http://$1/metrics" | awk -v a="kiln_agent_$2" -v b="kiln_agent_$2_total" '$1 == a || $1 == b {print $2; found=1} END {if (!found) print 0}'
@@ -43,13 +41,9 @@ run_agent() {
     local throughput usage
     throughput=$(run_spin)
     usage=$(process_usage "$pid")
-    local run_time=0 run_count=0
-    for info in /proc/"$pid"/fdinfo/*; do
-        if grep -q '^prog_type' "$info" 2>/dev/null; then
-            run_time=$(awk '/^run_time_ns/ {print $2}' "$info")
-            run_count=$(awk '/^run_cnt/ {print $2}' "$info")
-        fi
-    done
+    local run_time run_count
+    run_time=$(bpf_prog_stat "$pid" run_time_ns)
+    run_count=$(bpf_prog_stat "$pid" run_cnt)
     local unwind_ns unwound
     unwind_ns=$(metric "$metrics" dwarf_unwind_nanoseconds)
     unwound=$(metric "$metrics" dwarf_unwound)
