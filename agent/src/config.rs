@@ -117,6 +117,9 @@ pub struct ProfilerConfig {
     pub ring_buffer_bytes: u32,
     /// Budget for unwind tables kept in memory; least recently used files are dropped beyond it.
     pub unwind_table_max_bytes: u64,
+    /// Budget for symbol files kept parsed across cycles (files with new addresses cycle after cycle);
+    /// 0 parses every file again in each cycle that needs it.
+    pub symbol_files_max_bytes: u64,
 }
 
 /// Which unwinder produces user stacks.
@@ -156,6 +159,7 @@ impl Default for ProfilerConfig {
             stack_copy_bytes: 16384,
             ring_buffer_bytes: 4 * 1024 * 1024,
             unwind_table_max_bytes: crate::unwind::DEFAULT_MAX_TABLE_BYTES as u64,
+            symbol_files_max_bytes: crate::symbolize::DEFAULT_KEPT_FILES_MAX_BYTES,
         }
     }
 }

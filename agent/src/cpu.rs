@@ -67,6 +67,8 @@ pub struct CpuProfiler {
     pub proc_root: PathBuf,
     /// Budget for DWARF unwind tables in memory.
     pub unwind_table_max_bytes: usize,
+    /// Budget for symbol files kept parsed across cycles.
+    pub symbol_files_max_bytes: u64,
 }
 
 /// A DWARF-mode sample after unwinding, before its stack ids are resolved at the drain. Identical ones
@@ -455,6 +457,7 @@ impl CpuProfiler {
         let mut processes =
             ProcessCache::new(&self.proc_root, Duration::from_secs(30), Duration::from_secs(600));
         let mut symbolizer = Symbolizer::new(200_000);
+        symbolizer.set_kept_files_max_bytes(self.symbol_files_max_bytes);
         let mut unwinder = DwarfUnwinder::new(self.unwind_table_max_bytes);
         let mut pending: PendingSamples = Default::default();
         let mut previous_stats = BpfStats::default();
@@ -533,7 +536,7 @@ impl CpuProfiler {
                         },
                     ));
                     self.update_unwind_stats(&unwinder, &mut previous_unwind);
-                    let failures_before = symbolizer.stats().failures;
+                    let symbolize_before = symbolizer.stats();
                     // Labels depend on /proc and are recomputed every cycle (pid reuse, exec).
                     let mut labels_cache = HashMap::new();
                     let output =
@@ -541,7 +544,10 @@ impl CpuProfiler {
                     self.metrics.stacks.inc_by(output.keys as u64);
                     self.metrics
                         .symbolization_failures
-                        .inc_by(symbolizer.stats().failures - failures_before);
+                        .inc_by(symbolizer.stats().failures - symbolize_before.failures);
+                    self.metrics
+                        .symbol_files_parsed
+                        .inc_by(symbolizer.stats().files_parsed - symbolize_before.files_parsed);
                     let requests = self.requests(output, cycle_start, cycle_end);
                     for request in requests {
                         if let Err(error) = runtime.block_on(self.outbox.send(request)) {
@@ -559,9 +565,13 @@ impl CpuProfiler {
             unwinder.end_cycle();
             cycle_start = cycle_end;
             processes.expire();
-            // Parsed DWARF and mapped files are the bulk of the memory: release them after every cycle;
-            // the result caches keep the answers, so only new addresses pay for re-parsing.
-            symbolizer.release_parsed_files();
+            // Parsed DWARF and mapped files are the bulk of the memory: release them after every cycle
+            // (but the few files kept within their budget); the result caches keep the answers, so only
+            // new addresses pay for re-parsing.
+            symbolizer.end_cycle();
+            self.metrics
+                .symbol_files_kept_bytes
+                .set(symbolizer.stats().kept_file_bytes);
             if stopping {
                 return;
             }
@@ -686,6 +696,7 @@ mod tests {
             drain_interval: Duration::from_secs(10),
             proc_root: PathBuf::from("/proc"),
             unwind_table_max_bytes: crate::unwind::DEFAULT_MAX_TABLE_BYTES,
+            symbol_files_max_bytes: crate::symbolize::DEFAULT_KEPT_FILES_MAX_BYTES,
         }
     }
 

@@ -252,6 +252,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     proc_root: config.profiler.proc_root.clone(),
                     unwind_table_max_bytes: usize::try_from(config.profiler.unwind_table_max_bytes)
                         .unwrap_or(usize::MAX),
+                    symbol_files_max_bytes: config.profiler.symbol_files_max_bytes,
                 };
                 let handle = tokio::runtime::Handle::current();
                 let shutdown = shutdown.clone();

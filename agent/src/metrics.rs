@@ -50,6 +50,10 @@ pub struct Metrics {
     pub lost_samples: Counter,
     /// Addresses that could not be symbolized.
     pub symbolization_failures: Counter,
+    /// Times a user-space file was parsed for symbols (once per cycle that needs it, unless kept).
+    pub symbol_files_parsed: Counter,
+    /// Estimated memory of the symbol files kept parsed across cycles.
+    pub symbol_files_kept_bytes: Gauge<u64, AtomicU64>,
     /// Profiles built by the CPU profiler.
     pub profiles: Counter,
     /// Drain cycles that failed.
@@ -128,6 +132,18 @@ impl Metrics {
             "symbolization_failures",
             "Addresses that could not be symbolized",
             symbolization_failures.clone(),
+        );
+        let symbol_files_parsed = Counter::default();
+        registry.register(
+            "symbol_files_parsed",
+            "User-space files parsed for symbols (once per cycle that needs one, unless it is kept)",
+            symbol_files_parsed.clone(),
+        );
+        let symbol_files_kept_bytes = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "symbol_files_kept_bytes",
+            "Estimated memory of the symbol files kept parsed across cycles",
+            symbol_files_kept_bytes.clone(),
         );
         let profiles = Counter::default();
         registry.register(
@@ -254,6 +270,8 @@ impl Metrics {
             stack_errors,
             lost_samples,
             symbolization_failures,
+            symbol_files_parsed,
+            symbol_files_kept_bytes,
             profiles,
             cycle_errors,
             cycles,

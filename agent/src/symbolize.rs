@@ -56,6 +56,11 @@ pub struct SymbolizeStats {
     /// Times /proc/kallsyms was parsed (once, then every `KERNEL_SYMBOLS_MAX_AGE` or after an address
     /// it did not name, at most every `KERNEL_SYMBOLS_MIN_AGE_FOR_RETRY`).
     pub kernel_symbol_reads: u64,
+    /// Times blazesym parsed a user-space file (each file once per cycle with new addresses in it,
+    /// unless it is kept across cycles).
+    pub files_parsed: u64,
+    /// Estimated memory of the parsed files kept across cycles (see `KeptFiles`), bytes.
+    pub kept_file_bytes: u64,
 }
 
 /// How long a parsed kallsyms is used before it is read again (modules loaded since then are not in it).
@@ -63,9 +68,131 @@ const KERNEL_SYMBOLS_MAX_AGE: Duration = Duration::from_secs(600);
 /// A kernel address that kallsyms did not name triggers a re-read, at most this often.
 const KERNEL_SYMBOLS_MIN_AGE_FOR_RETRY: Duration = Duration::from_secs(60);
 
+/// Default budget for parsed files kept across cycles, bytes (`profiler.symbol_files_max_bytes`).
+pub const DEFAULT_KEPT_FILES_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// A file with new addresses in two cycles this close is kept parsed (when the budget allows).
+const RECURRENCE_CYCLES: u64 = 6;
+/// A kept file without new addresses for this many cycles is dropped.
+const KEPT_FILE_IDLE_CYCLES: u64 = 30;
+/// Smallest memory estimate of a kept file: its estimate is a change of the process' RSS, which the
+/// allocator can hide by reusing freed memory.
+const MIN_KEPT_FILE_ESTIMATE: u64 = 1024 * 1024;
+
+/// Parsed files kept across cycles, each in its own blazesym instance so that it can be dropped
+/// alone.
+///
+/// Why: everything parsed is released after each cycle to bound memory, so a file that keeps showing
+/// new addresses was parsed again every cycle. For files whose DWARF is compressed (Debian's separate
+/// debug files such as libc's, Go binaries) inflating it again was half the agent's CPU on a busy host.
+/// A file whose misses recur within `RECURRENCE_CYCLES` is kept, up to a memory budget; the estimate
+/// of a file is how much the process' resident memory grew while it was parsed (at least
+/// `MIN_KEPT_FILE_ESTIMATE`). Least recently used files make room, idle ones are dropped.
+struct KeptFiles {
+    files: HashMap<FileKey, KeptFile>,
+    /// The cycle in which each file not kept last had misses.
+    last_miss: HashMap<FileKey, u64>,
+    cycle: u64,
+    bytes: u64,
+    max_bytes: u64,
+}
+
+struct KeptFile {
+    blaze: Blaze,
+    /// The path it was opened by: another path (another mount namespace) is parsed separately.
+    open_path: PathBuf,
+    bytes: u64,
+    last_used: u64,
+}
+
+impl KeptFiles {
+    fn new(max_bytes: u64) -> KeptFiles {
+        KeptFiles {
+            files: HashMap::new(),
+            last_miss: HashMap::new(),
+            cycle: 0,
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    fn remove(&mut self, key: &FileKey) {
+        if let Some(file) = self.files.remove(key) {
+            self.bytes -= file.bytes;
+        }
+    }
+
+    /// True when `key`'s misses recur, so that parsing it into a kept instance is worthwhile.
+    fn recurs(&mut self, key: &FileKey) -> bool {
+        let recurs = self
+            .last_miss
+            .get(key)
+            .is_some_and(|cycle| self.cycle - cycle <= RECURRENCE_CYCLES);
+        self.last_miss.insert(key.clone(), self.cycle);
+        recurs && self.max_bytes > 0
+    }
+
+    /// Keeps a just-parsed file of estimated size `bytes` when it fits the budget after dropping less
+    /// recently used files.
+    fn keep(&mut self, key: FileKey, open_path: PathBuf, blaze: Blaze, bytes: u64) {
+        let bytes = bytes.max(MIN_KEPT_FILE_ESTIMATE);
+        if bytes > self.max_bytes {
+            return;
+        }
+        while self.bytes + bytes > self.max_bytes {
+            let Some(oldest) = self
+                .files
+                .iter()
+                .min_by_key(|(_, file)| file.last_used)
+                .map(|(key, _)| key.clone())
+            else {
+                break;
+            };
+            self.remove(&oldest);
+        }
+        self.last_miss.remove(&key);
+        self.bytes += bytes;
+        let last_used = self.cycle;
+        self.files.insert(
+            key,
+            KeptFile {
+                blaze,
+                open_path,
+                bytes,
+                last_used,
+            },
+        );
+    }
+
+    /// Starts the next cycle: drops files idle for `KEPT_FILE_IDLE_CYCLES` and forgets old misses.
+    fn end_cycle(&mut self) {
+        self.cycle += 1;
+        let cycle = self.cycle;
+        let idle: Vec<FileKey> = self
+            .files
+            .iter()
+            .filter(|(_, file)| cycle - file.last_used > KEPT_FILE_IDLE_CYCLES)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in idle {
+            self.remove(&key);
+        }
+        self.last_miss
+            .retain(|_, last| cycle - *last <= RECURRENCE_CYCLES);
+    }
+}
+
+/// Resident memory of this process, bytes (0 when /proc cannot say).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
 /// Caching symbolizer. Not `Sync`: one per profiling loop.
 pub struct Symbolizer {
     blaze: Blaze,
+    kept: KeptFiles,
     /// Kept across cycles, unlike `blaze`: parsing /proc/kallsyms (over 100,000 lines formatted by the
     /// kernel on every read) was a third of the agent's CPU when it was re-read every cycle, and the
     /// parsed table is the same size as the one a cycle would parse anyway.
@@ -110,6 +237,7 @@ impl Symbolizer {
         };
         Symbolizer {
             blaze: blaze(),
+            kept: KeptFiles::new(DEFAULT_KEPT_FILES_MAX_BYTES),
             kernel_blaze: None,
             kernel_source: Source::Kernel(kernel),
             user: HashMap::new(),
@@ -126,14 +254,29 @@ impl Symbolizer {
         self.max_dwarf_file_bytes = bytes;
     }
 
+    /// Parsed files kept across cycles take at most about `bytes` (0: none are kept).
+    pub fn set_kept_files_max_bytes(&mut self, bytes: u64) {
+        self.kept = KeptFiles::new(bytes);
+    }
+
     /// Work counters since creation.
     pub fn stats(&self) -> SymbolizeStats {
-        self.stats
+        SymbolizeStats {
+            kept_file_bytes: self.kept.bytes,
+            ..self.stats
+        }
+    }
+
+    /// Ends a profiling cycle: releases the files parsed for this cycle only, and drops kept files
+    /// that had no new addresses for a while.
+    pub fn end_cycle(&mut self) {
+        self.release_parsed_files();
+        self.kept.end_cycle();
     }
 
     /// Drops blazesym's parsed user-space files (their memory maps and parsed symbols/DWARF) while
-    /// keeping the result caches and the parsed kallsyms; called after each file of
-    /// [`Self::prefetch_user`] and between cycles to bound memory.
+    /// keeping the result caches, the parsed kallsyms and the files kept across cycles; called after
+    /// each file of [`Self::prefetch_user`] and between cycles to bound memory.
     pub fn release_parsed_files(&mut self) {
         self.blaze = blaze();
     }
@@ -379,12 +522,46 @@ impl Symbolizer {
         elf.debug_syms =
             std::fs::metadata(open_path).is_ok_and(|meta| meta.len() <= self.max_dwarf_file_bytes);
         let source = Source::Elf(elf);
-        let results = match self.blaze.symbolize(&source, Input::FileOffset(offsets)) {
-            Ok(results) => results.iter().map(convert).collect::<Vec<_>>(),
-            Err(error) => {
-                tracing::debug!(%error, path = %key.path, "user symbolization failed");
-                vec![None; offsets.len()]
+        let kept_here = self
+            .kept
+            .files
+            .get(key)
+            .is_some_and(|file| file.open_path == open_path);
+        if !kept_here {
+            // Not kept, or kept as opened by another path (another mount namespace): parse it below.
+            self.kept.remove(key);
+            self.stats.files_parsed += 1;
+        }
+        let converted =
+            |results: Result<Vec<blazesym::symbolize::Symbolized<'_>>, blazesym::Error>| match results {
+                Ok(results) => results.iter().map(convert).collect::<Vec<_>>(),
+                Err(error) => {
+                    tracing::debug!(%error, path = %key.path, "user symbolization failed");
+                    vec![None; offsets.len()]
+                }
+            };
+        let cycle = self.kept.cycle;
+        let kept_file = if kept_here {
+            self.kept.files.get_mut(key)
+        } else {
+            None
+        };
+        let results = if let Some(file) = kept_file {
+            file.last_used = cycle;
+            converted(file.blaze.symbolize(&source, Input::FileOffset(offsets)))
+        } else if self.kept.recurs(key) {
+            let blaze = blaze();
+            let before = resident_bytes();
+            let parsed = blaze.symbolize(&source, Input::FileOffset(offsets));
+            let grown = resident_bytes().saturating_sub(before);
+            let parsed_ok = parsed.is_ok();
+            let results = converted(parsed);
+            if parsed_ok {
+                self.kept.keep(key.clone(), open_path.to_path_buf(), blaze, grown);
             }
+            results
+        } else {
+            converted(self.blaze.symbolize(&source, Input::FileOffset(offsets)))
         };
         offsets
             .iter()
@@ -644,6 +821,68 @@ mod tests {
         let again = symbolizer.user_frames(std::path::Path::new("/proc"), pid, &process, &[address]);
         assert!(again[0][0].function.contains(name), "got {again:?}");
         assert_eq!(symbolizer.stats().failures, 0);
+    }
+
+    /// Symbolizes a new address of this test binary in each of `cycles` cycles; returns the stats.
+    fn symbolize_a_new_address_every_cycle(kept_files_max_bytes: u64, cycles: u64) -> SymbolizeStats {
+        let pid = std::process::id();
+        let own = crate::process::read_process(std::path::Path::new("/proc"), pid);
+        let address = symbolize_a_new_address_every_cycle as fn(u64, u64) -> SymbolizeStats as usize as u64;
+        let mut symbolizer = Symbolizer::new(4096);
+        symbolizer.set_max_dwarf_file_bytes(0); // ELF symbols: enough, and fast
+        symbolizer.set_kept_files_max_bytes(kept_files_max_bytes);
+        for cycle in 0..cycles {
+            let frames = symbolizer.user_frames(std::path::Path::new("/proc"), pid, &own, &[address + cycle]);
+            assert!(
+                frames[0][0]
+                    .function
+                    .contains("symbolize_a_new_address_every_cycle"),
+                "got {frames:?}"
+            );
+            symbolizer.end_cycle();
+        }
+        symbolizer.stats()
+    }
+
+    #[test]
+    fn a_file_with_new_addresses_every_cycle_is_not_parsed_every_cycle() {
+        // The first cycle parses it for that cycle only; the second sees the misses recur and keeps
+        // it; later cycles use the kept parse.
+        let stats = symbolize_a_new_address_every_cycle(1 << 30, 5);
+        assert_eq!(stats.files_parsed, 2, "{stats:?}");
+        assert!(stats.kept_file_bytes >= MIN_KEPT_FILE_ESTIMATE, "{stats:?}");
+    }
+
+    #[test]
+    fn files_over_the_kept_budget_are_parsed_every_cycle() {
+        let stats = symbolize_a_new_address_every_cycle(MIN_KEPT_FILE_ESTIMATE / 2, 4);
+        assert_eq!(stats.files_parsed, 4, "{stats:?}");
+        assert_eq!(stats.kept_file_bytes, 0);
+        let stats = symbolize_a_new_address_every_cycle(0, 3);
+        assert_eq!(stats.files_parsed, 3, "{stats:?}");
+    }
+
+    #[test]
+    fn kept_files_are_dropped_when_idle_and_least_recently_used_first() {
+        let key = |name: &str| FileKey {
+            build_id: String::new(),
+            path: name.to_string(),
+            dev_inode: ("0:0".to_string(), 0),
+        };
+        let mut kept = KeptFiles::new(3 * MIN_KEPT_FILE_ESTIMATE);
+        kept.keep(key("a"), PathBuf::from("a"), blaze(), 0);
+        kept.end_cycle();
+        kept.keep(key("b"), PathBuf::from("b"), blaze(), MIN_KEPT_FILE_ESTIMATE);
+        // "c" needs two estimates of room: "a", the least recently used, goes.
+        kept.keep(key("c"), PathBuf::from("c"), blaze(), 2 * MIN_KEPT_FILE_ESTIMATE);
+        assert!(!kept.files.contains_key(&key("a")));
+        assert!(kept.files.contains_key(&key("b")) && kept.files.contains_key(&key("c")));
+        assert_eq!(kept.bytes, 3 * MIN_KEPT_FILE_ESTIMATE);
+        for _ in 0..=KEPT_FILE_IDLE_CYCLES {
+            kept.end_cycle();
+        }
+        assert!(kept.files.is_empty());
+        assert_eq!(kept.bytes, 0);
     }
 
     #[test]

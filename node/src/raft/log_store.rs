@@ -72,11 +72,20 @@ impl LogStore {
     }
 
     fn put_synced<T: serde::Serialize>(&self, key: Vec<u8>, value: &T) -> Result<(), StorageError> {
+        self.put_with(key, value, &synced())
+    }
+
+    fn put_with<T: serde::Serialize>(
+        &self,
+        key: Vec<u8>,
+        value: &T,
+        options: &WriteOptions,
+    ) -> Result<(), StorageError> {
         let cf = self.storage.cf(keys::CF_RAFT).map_err(write_error)?;
         let bytes = encode(value).map_err(write_error)?;
         self.storage
             .db()
-            .put_cf_opt(cf, key, bytes, &synced())
+            .put_cf_opt(cf, key, bytes, options)
             .map_err(write_error)
     }
 
@@ -203,9 +212,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         off_thread(move || store.get_value(&keys::raft_vote_key(store.group))).await
     }
 
+    /// Not fsynced: the pointer only lets a restarted replica re-apply committed
+    /// entries before it hears from a leader, so losing its latest value costs
+    /// nothing but that head start. It cannot claim more than was durable either:
+    /// it is written after the entries it names were synced, and the node's one WAL
+    /// loses only a suffix in a crash, so a surviving pointer implies the writes
+    /// before it survived. (It was synced once: one extra fsync per commit advance
+    /// on every replica, awaited by openraft's core loop.)
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError> {
         let store = self.clone();
-        off_thread(move || store.put_synced(keys::raft_committed_key(store.group), &committed)).await
+        off_thread(move || {
+            store.put_with(
+                keys::raft_committed_key(store.group),
+                &committed,
+                &WriteOptions::default(),
+            )
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
