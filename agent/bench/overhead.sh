@@ -16,6 +16,11 @@
 #     production the node is on other machines); their sum is the loss by accounting. For perf record:
 #     the perf process. Not in either: the kernel's own cost of the sampling interrupt and (for perf
 #     and the fp unwinder) its stack walk, charged to the interrupted task.
+#   - for perf record only, "perf script": the CPU time `perf script` takes to symbolize what perf
+#     recorded (warm-up and window), in % of the recording's capacity (seconds x CPUs). perf record
+#     leaves symbolizing to later; the agent does it while it runs, so this is the part of perf's
+#     cost that the agent's "profiler" column includes. It also holds perf script's start-up (reading
+#     every binary's symbols once), which for the agent is in the excluded warm-up.
 # Also: peak RSS (VmHWM over the agent's whole life, the first drain included).
 # Uses the RELEASE builds (cargo build --release -p kiln-agent -p kiln-node -p kiln-client). Needs root (BPF, perf).
 # Wrap it in `flock /tmp/kiln-bench.lock` when others benchmark on the same machine.
@@ -62,7 +67,7 @@ run_agent() {
         --frequency-hz "$hz" --unwinder "$unwinder" > /dev/null 2> "$WORK/agent-$unwinder-$hz.err" &
     local pid=$!
     sleep "$WARMUP"
-    measure_window "$pid"
+    echo "$(measure_window "$pid") 0"
     kill -TERM "$pid"
     wait "$pid" || true
 }
@@ -71,31 +76,37 @@ run_agent() {
 run_perf_record() {
     perf record -F 19 -a -g -o "$WORK/perf.data" -- sleep 100000 > /dev/null 2> "$WORK/perf.err" &
     local pid=$!
+    local started window script_cpu capacity
+    started=$(date +%s.%N)
     sleep "$WARMUP"
     if ! kill -0 "$pid" 2>/dev/null; then
-        echo "failed 0 0 0 0"
+        echo "failed 0 0 0 0 0"
         return
     fi
-    measure_window "$pid"
+    window=$(measure_window "$pid")
     kill -INT "$pid"
     wait "$pid" || true
+    capacity=$(echo "($(date +%s.%N) - $started) * $CPUS" | bc -l)
+    script_cpu=$( { TIMEFORMAT='%U + %S'; time perf script -i "$WORK/perf.data" > /dev/null 2>&1; } 2>&1 )
+    echo "$window $(echo "100 * ($script_cpu) / $capacity" | bc -l)"
     rm -f "$WORK/perf.data"
 }
 
 CONFIGS="fp-19 dwarf-19 fp-99 dwarf-99 perf-19"
-declare -A RATIO SHARE BPF NODE_SHARE LOSS RSS
+declare -A RATIO SHARE BPF NODE_SHARE LOSS RSS SCRIPT
 for round in $(seq "$ROUNDS"); do
     read -r base _ < <(measure_window "$$")
     line="round $round: base $base"
     for config in $CONFIGS; do
         if [ "$config" = perf-19 ]; then
-            read -r t s b n r < <(run_perf_record)
+            read -r t s b n r p < <(run_perf_record)
         else
-            read -r t s b n r < <(run_agent "${config%-*}" "${config#*-}")
+            read -r t s b n r p < <(run_agent "${config%-*}" "${config#*-}")
         fi
         [ "$t" = failed ] && { echo "perf record does not run here: $(head -c 300 "$WORK/perf.err")" >&2; continue; }
         RATIO[$config]+="$(echo "$t / $base" | bc -l) "
         SHARE[$config]+="$s "; BPF[$config]+="$b "; NODE_SHARE[$config]+="$n "; RSS[$config]+="$r "
+        SCRIPT[$config]+="$p "
         LOSS[$config]+="$(echo "$s + $b + $n" | bc -l) "
         line+=" $config $t"
     done
@@ -104,12 +115,14 @@ done
 
 echo "workload: $CPUS spinning threads, $SECONDS_PER_RUN s windows after $WARMUP s warm-up, $ROUNDS interleaved rounds; release builds"
 echo "medians of per-round values; CPU in % of the machine (profiler process, its BPF programs, local node)"
-printf '%-9s %-11s %-36s %-9s %-7s %-7s %-12s %s\n' config throughput "per-round throughput ratios" profiler BPF node "loss (acct)" "peak RSS (max)"
+printf '%-9s %-11s %-36s %-9s %-7s %-7s %-12s %-15s %s\n' config throughput "per-round throughput ratios" profiler BPF node "loss (acct)" "peak RSS (max)" "perf script"
 for config in $CONFIGS; do
     [ -n "${RATIO[$config]:-}" ] || continue
     # shellcheck disable=SC2086
-    printf '%-9s %-11.4f %-36s %-9.3f %-7.3f %-7.3f %-12.3f %.1f MB\n' "$config" \
+    printf '%-9s %-11.4f %-36s %-9.3f %-7.3f %-7.3f %-12.3f %-15s %.3f\n' "$config" \
         "$(median ${RATIO[$config]})" "$(printf '%.4f ' ${RATIO[$config]})" \
         "$(median ${SHARE[$config]})" "$(median ${BPF[$config]})" "$(median ${NODE_SHARE[$config]})" \
-        "$(median ${LOSS[$config]})" "$(echo "$(printf '%s\n' ${RSS[$config]} | sort -g | tail -1) / 1024" | bc -l)"
+        "$(median ${LOSS[$config]})" \
+        "$(printf '%.1f MB' "$(echo "$(printf '%s\n' ${RSS[$config]} | sort -g | tail -1) / 1024" | bc -l)")" \
+        "$(median ${SCRIPT[$config]})"
 done
