@@ -18,6 +18,7 @@ use tonic::codec::CompressionEncoding;
 use crate::cluster::service::ClusterApi;
 use crate::raft::network::RaftServer;
 use crate::NodeState;
+use axum::serve::ListenerExt;
 
 /// Largest gRPC message or HTTP body accepted, bytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -59,7 +60,44 @@ pub async fn serve(
     let router = grpc_routes
         .merge(http::router(state, max_message_bytes))
         .fallback(http::not_found);
-    axum::serve(listener, router)
+    axum::serve(without_nagle(listener), router)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// `listener` with TCP_NODELAY set on every connection it accepts.
+///
+/// Why: axum does not set it (tonic's own server does). Without it, a small response written while
+/// an earlier segment is unacknowledged waits for the peer's delayed ACK, up to 40 ms: writes of
+/// 2-pprof batches to 8 groups of one node took 10.2 s instead of 3.6 s, and raft RPC answers
+/// waited the same way.
+fn without_nagle(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_do_not_wait_for_delayed_acks() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let address = listener.local_addr().expect("bound address");
+        let mut listener = without_nagle(listener);
+        let client = tokio::spawn(tokio::net::TcpStream::connect(address));
+        let (accepted, _) = axum::serve::Listener::accept(&mut listener).await;
+        assert!(
+            accepted.nodelay().expect("read TCP_NODELAY"),
+            "Nagle's algorithm is on"
+        );
+        client.await.expect("client task").expect("connect");
+    }
 }
