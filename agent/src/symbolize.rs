@@ -135,6 +135,22 @@ impl KeptFiles {
         }
     }
 
+    /// The kept parse of `key` as opened by `open_path`, marked used in this cycle. A parse kept under
+    /// another path (the file seen through another mount namespace) is dropped: that path may be gone.
+    fn lookup(&mut self, key: &FileKey, open_path: &std::path::Path) -> Option<&Blaze> {
+        if self
+            .files
+            .get(key)
+            .is_some_and(|file| file.open_path != open_path)
+        {
+            self.remove(key);
+        }
+        let cycle = self.cycle;
+        let file = self.files.get_mut(key)?;
+        file.last_used = cycle;
+        Some(&file.blaze)
+    }
+
     /// True when `key`'s misses recur, so that parsing it into a kept instance is worthwhile.
     fn recurs(&mut self, key: &FileKey) -> bool {
         let recurs = self
@@ -558,19 +574,6 @@ impl Symbolizer {
         let file_bytes = std::fs::metadata(open_path).map_or(0, |meta| meta.len());
         elf.debug_syms = file_bytes <= self.max_dwarf_file_bytes;
         let source = Source::Elf(elf);
-        let kept_here = self
-            .kept
-            .files
-            .get(key)
-            .is_some_and(|file| file.open_path == open_path);
-        if !kept_here {
-            // Not kept, or kept as opened by another path (another mount namespace): parse it below,
-            // after making room for it among the kept files.
-            self.kept.remove(key);
-            self.stats.files_parsed += 1;
-            let expected = self.kept.expected_bytes(key, file_bytes);
-            self.kept.make_room(expected);
-        }
         let converted =
             |results: Result<Vec<blazesym::symbolize::Symbolized<'_>>, blazesym::Error>| match results {
                 Ok(results) => results.iter().map(convert).collect::<Vec<_>>(),
@@ -579,32 +582,25 @@ impl Symbolizer {
                     vec![None; offsets.len()]
                 }
             };
-        let cycle = self.kept.cycle;
-        let kept_file = if kept_here {
-            self.kept.files.get_mut(key)
+        let results = if let Some(kept) = self.kept.lookup(key, open_path) {
+            converted(kept.symbolize(&source, Input::FileOffset(offsets)))
         } else {
-            None
-        };
-        let results = if let Some(file) = kept_file {
-            file.last_used = cycle;
-            converted(file.blaze.symbolize(&source, Input::FileOffset(offsets)))
-        } else if self.kept.recurs(key) {
-            let blaze = blaze();
+            self.stats.files_parsed += 1;
+            let expected = self.kept.expected_bytes(key, file_bytes);
+            self.kept.make_room(expected);
+            // A file whose misses recur is parsed into an instance of its own, to be kept; the others
+            // share the instance released after each file and cycle.
+            let own = self.kept.recurs(key).then(blaze);
+            let parser = own.as_ref().unwrap_or(&self.blaze);
             let before = resident_bytes();
-            let parsed = blaze.symbolize(&source, Input::FileOffset(offsets));
+            let parsed = parser.symbolize(&source, Input::FileOffset(offsets));
             let grown = resident_bytes().saturating_sub(before);
-            self.kept.record_estimate(key, grown);
             let parsed_ok = parsed.is_ok();
             let results = converted(parsed);
-            if parsed_ok {
-                self.kept.keep(key.clone(), open_path.to_path_buf(), blaze, grown);
+            self.kept.record_estimate(key, grown);
+            if let Some(own) = own.filter(|_| parsed_ok) {
+                self.kept.keep(key.clone(), open_path.to_path_buf(), own, grown);
             }
-            results
-        } else {
-            let before = resident_bytes();
-            let results = converted(self.blaze.symbolize(&source, Input::FileOffset(offsets)));
-            self.kept
-                .record_estimate(key, resident_bytes().saturating_sub(before));
             results
         };
         offsets
