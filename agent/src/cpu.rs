@@ -542,12 +542,13 @@ impl CpuProfiler {
                     let output =
                         self.build_cycle(samples, &mut processes, &mut symbolizer, &mut labels_cache);
                     self.metrics.stacks.inc_by(output.keys as u64);
+                    let symbolize_after = symbolizer.stats();
                     self.metrics
                         .symbolization_failures
-                        .inc_by(symbolizer.stats().failures - symbolize_before.failures);
+                        .inc_by(symbolize_after.failures - symbolize_before.failures);
                     self.metrics
                         .symbol_files_parsed
-                        .inc_by(symbolizer.stats().files_parsed - symbolize_before.files_parsed);
+                        .inc_by(symbolize_after.files_parsed - symbolize_before.files_parsed);
                     let requests = self.requests(output, cycle_start, cycle_end);
                     for request in requests {
                         if let Err(error) = runtime.block_on(self.outbox.send(request)) {

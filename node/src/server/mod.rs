@@ -9,6 +9,7 @@ pub mod ui;
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use kiln_proto::kiln::v1::cluster_service_server::ClusterServiceServer;
 use kiln_proto::kiln::v1::ingest_service_server::IngestServiceServer;
 use kiln_proto::kiln::v1::query_service_server::QueryServiceServer;
@@ -18,7 +19,6 @@ use tonic::codec::CompressionEncoding;
 use crate::cluster::service::ClusterApi;
 use crate::raft::network::RaftServer;
 use crate::NodeState;
-use axum::serve::ListenerExt;
 
 /// Largest gRPC message or HTTP body accepted, bytes.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
