@@ -595,6 +595,13 @@ impl Symbolizer {
             let before = resident_bytes();
             let parsed = parser.symbolize(&source, Input::FileOffset(offsets));
             let grown = resident_bytes().saturating_sub(before);
+            tracing::debug!(
+                path = %key.path,
+                offsets = offsets.len(),
+                grown_bytes = grown,
+                kept = own.is_some(),
+                "parsed a symbol file"
+            );
             let parsed_ok = parsed.is_ok();
             let results = converted(parsed);
             self.kept.record_estimate(key, grown);
