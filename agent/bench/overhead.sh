@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Agent overhead benchmark (not a test), issues 4 and 6: a CPU-bound workload (spin.c, one spinning thread
 # per CPU) with no profiler, with kiln-agent (`--unwinder fp` and `dwarf`, at 19 Hz and at 99 Hz) and with
-# `perf record -F 19 -a -g`, in interleaved rounds so that the machine's drift hits every configuration
-# alike. Each profiler runs WARMUP seconds before the workload starts (default 22: two drains, so the first
+# `perf record -F 19 -a -g`, in interleaved rounds whose order rotates, so that the machine's drift hits
+# every configuration alike. Each profiler runs WARMUP seconds before the workload starts (default 22: two drains, so the first
 # symbolization of every process on the host is over and the window is the steady state).
 #
 # Two measurements per configuration, both over the workload's window only:
@@ -94,26 +94,38 @@ run_perf_record() {
 
 CONFIGS="fp-19 dwarf-19 fp-99 dwarf-99 perf-19"
 declare -A RATIO SHARE BPF NODE_SHARE LOSS RSS SCRIPT
+# Each round runs the baseline and every configuration once, starting one position later than the
+# round before, so that a drift of the machine's speed within a round does not always favour the same
+# configuration (with as many rounds as positions, each configuration runs once in each position).
+read -r -a ORDER <<< "base $CONFIGS"
 for round in $(seq "$ROUNDS"); do
-    read -r base _ < <(measure_window "$$")
-    line="round $round: base $base"
-    for config in $CONFIGS; do
-        if [ "$config" = perf-19 ]; then
-            read -r t s b n r p < <(run_perf_record)
-        else
-            read -r t s b n r p < <(run_agent "${config%-*}" "${config#*-}")
-        fi
+    declare -A THROUGHPUT=() MEASURED=()
+    line="round $round:"
+    for position in "${!ORDER[@]}"; do
+        config=${ORDER[$(( (position + round - 1) % ${#ORDER[@]} ))]}
+        case $config in
+            base) read -r t _ < <(measure_window "$$"); s=0 b=0 n=0 r=0 p=0 ;;
+            perf-19) read -r t s b n r p < <(run_perf_record) ;;
+            *) read -r t s b n r p < <(run_agent "${config%-*}" "${config#*-}") ;;
+        esac
         [ "$t" = failed ] && { echo "perf record does not run here: $(head -c 300 "$WORK/perf.err")" >&2; continue; }
-        RATIO[$config]+="$(echo "$t / $base" | bc -l) "
-        SHARE[$config]+="$s "; BPF[$config]+="$b "; NODE_SHARE[$config]+="$n "; RSS[$config]+="$r "
-        SCRIPT[$config]+="$p "
-        LOSS[$config]+="$(echo "$s + $b + $n" | bc -l) "
+        THROUGHPUT[$config]=$t
+        MEASURED[$config]="$s $b $n $r $p"
         line+=" $config $t"
     done
     echo "$line" >&2
+    base=${THROUGHPUT[base]}
+    for config in $CONFIGS; do
+        [ -n "${THROUGHPUT[$config]:-}" ] || continue
+        read -r s b n r p <<< "${MEASURED[$config]}"
+        RATIO[$config]+="$(echo "${THROUGHPUT[$config]} / $base" | bc -l) "
+        SHARE[$config]+="$s "; BPF[$config]+="$b "; NODE_SHARE[$config]+="$n "; RSS[$config]+="$r "
+        SCRIPT[$config]+="$p "
+        LOSS[$config]+="$(echo "$s + $b + $n" | bc -l) "
+    done
 done
 
-echo "workload: $CPUS spinning threads, $SECONDS_PER_RUN s windows after $WARMUP s warm-up, $ROUNDS interleaved rounds; release builds"
+echo "workload: $CPUS spinning threads, $SECONDS_PER_RUN s windows after $WARMUP s warm-up, $ROUNDS interleaved rounds (order rotated each round); release builds"
 echo "medians of per-round values; CPU in % of the machine (profiler process, its BPF programs, local node)"
 printf '%-9s %-11s %-36s %-9s %-7s %-7s %-12s %-15s %s\n' config throughput "per-round throughput ratios" profiler BPF node "loss (acct)" "peak RSS (max)" "perf script"
 for config in $CONFIGS; do
