@@ -46,6 +46,10 @@ impl Drop for TestNode {
 }
 
 async fn start_node(join: Option<String>) -> TestNode {
+    start_node_with(join, Duration::from_secs(3)).await
+}
+
+async fn start_node_with(join: Option<String>, group_query_timeout: Duration) -> TestNode {
     let directory = tempfile::tempdir().expect("temp dir");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address").to_string();
@@ -56,7 +60,7 @@ async fn start_node(join: Option<String>) -> TestNode {
     cluster.election_timeout = Duration::from_millis(1000);
     cluster.reconcile_interval = Duration::from_millis(300);
     cluster.dead_node_timeout = Duration::from_secs(60);
-    cluster.group_query_timeout = Duration::from_secs(3);
+    cluster.group_query_timeout = group_query_timeout;
     let config = NodeConfig::with_data_dir(directory.path().to_path_buf());
     let max_message_bytes = config.max_message_bytes;
     // A joining node asks the first node's server, which is already serving.
@@ -78,11 +82,16 @@ async fn start_node(join: Option<String>) -> TestNode {
 
 /// Starts `count` nodes and waits until every group has `min(3, count)` voters.
 async fn start_cluster(count: usize) -> Vec<TestNode> {
-    let first = start_node(None).await;
+    start_cluster_with(count, Duration::from_secs(3)).await
+}
+
+/// [`start_cluster`] with another group query timeout on every node.
+async fn start_cluster_with(count: usize, group_query_timeout: Duration) -> Vec<TestNode> {
+    let first = start_node_with(None, group_query_timeout).await;
     let seed = first.state.cluster.config().advertise_address.clone();
     let mut nodes = vec![first];
     for _ in 1..count {
-        nodes.push(start_node(Some(seed.clone())).await);
+        nodes.push(start_node_with(Some(seed.clone()), group_query_timeout).await);
     }
     wait_replicated(&nodes, count.min(3)).await;
     nodes
@@ -128,6 +137,18 @@ async fn wait_replicated(nodes: &[TestNode], replicas: usize) {
 /// may still believe so; callers that cut one off pass it as `excluded`.
 fn leader_of(nodes: &[TestNode], group: u32) -> Option<NodeId> {
     leader_excluding(nodes, group, None)
+}
+
+/// The leader of `group`, waiting for one: right after a fault heals, or on a loaded machine, a group
+/// may be between leaders.
+async fn wait_leader_of(nodes: &[TestNode], group: u32) -> NodeId {
+    let mut leader = None;
+    wait_for(&format!("a leader of group {group}"), || {
+        leader = leader_of(nodes, group);
+        leader.is_some()
+    })
+    .await;
+    leader.unwrap_or_default()
 }
 
 fn leader_excluding(nodes: &[TestNode], group: u32, excluded: Option<NodeId>) -> Option<NodeId> {
@@ -214,7 +235,7 @@ fn series_count(node: &TestNode) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn election_isolated_leader_is_replaced_and_rejoins_after_heal() {
     let nodes = start_cluster(3).await;
-    let old_leader = leader_of(&nodes, 1).expect("group 1 has a leader");
+    let old_leader = wait_leader_of(&nodes, 1).await;
     for each in &nodes {
         each.state.cluster.faults.isolate(old_leader);
     }
@@ -276,7 +297,7 @@ async fn replication_every_replica_applies_every_acknowledged_write_even_with_de
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_lagging_replica_catches_up_by_installing_a_snapshot() {
     let nodes = start_cluster(3).await;
-    let (leader, lagging) = cut_off_one_follower(&nodes, 1);
+    let (leader, lagging) = cut_off_one_follower(&nodes, 1).await;
     for round in 0..12 {
         node(&nodes, leader)
             .state
@@ -327,7 +348,7 @@ fn heal_all(nodes: &[TestNode]) {
 
 /// Waits until every node has applied what `group`'s leader has applied; returns that leader.
 async fn wait_all_applied(nodes: &[TestNode], group: u32) -> NodeId {
-    let leader = leader_of(nodes, group).expect("leader");
+    let leader = wait_leader_of(nodes, group).await;
     let target = applied(node(nodes, leader), group);
     wait_for(&format!("every replica of group {group} to apply"), || {
         nodes.iter().all(|each| applied(each, group) >= target)
@@ -338,8 +359,8 @@ async fn wait_all_applied(nodes: &[TestNode], group: u32) -> NodeId {
 
 /// Cuts one follower of `group` off the group's traffic (its other groups are
 /// untouched); returns (leader, that follower).
-fn cut_off_one_follower(nodes: &[TestNode], group: u32) -> (NodeId, NodeId) {
-    let leader = leader_of(nodes, group).expect("leader");
+async fn cut_off_one_follower(nodes: &[TestNode], group: u32) -> (NodeId, NodeId) {
+    let leader = wait_leader_of(nodes, group).await;
     let lagging = nodes
         .iter()
         .find(|each| each.id() != leader)
@@ -436,7 +457,7 @@ async fn write_strip_round(node: &TestNode, round: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stripping_every_replica_stores_the_same_data_when_entries_leave_out_stored_content() {
     let nodes = start_cluster(3).await;
-    let (leader, lagging) = cut_off_one_follower(&nodes, 1);
+    let (leader, lagging) = cut_off_one_follower(&nodes, 1).await;
     for round in 0..8 {
         write_strip_round(node(&nodes, leader), round).await;
     }
@@ -519,8 +540,8 @@ async fn membership_new_node_becomes_a_voter() {
 async fn partition_of_one_group_spares_the_other_groups() {
     let nodes = start_cluster(3).await;
     // Cut one group's leader off in that group only.
-    let leader_1 = leader_of(&nodes, 1).expect("leader of 1");
-    let leader_2 = leader_of(&nodes, 2).expect("leader of 2");
+    let leader_1 = wait_leader_of(&nodes, 1).await;
+    let leader_2 = wait_leader_of(&nodes, 2).await;
     let term_2 = node(&nodes, leader_2)
         .state
         .cluster
@@ -631,6 +652,57 @@ async fn fanout_group_without_quorum_fails_the_query_or_is_named_missing() {
         "the partial answer names exactly the missing group"
     );
     assert!(!partial.series.is_empty(), "group 2 still answered");
+    heal_all(&nodes);
+    stop_all(nodes).await;
+}
+
+/// Regression: a query in flight when its group's leader hung waited for the hung leader until the
+/// group query timeout and then failed. The coordinator now starts another attempt beside the hung
+/// one after two election timeouts, and the group's new leader answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fanout_query_in_flight_when_a_leader_hangs_is_answered_by_the_new_leader() {
+    // Far above an election: waiting for the hung leader fails the query, however long the
+    // election takes below it.
+    let nodes = start_cluster_with(3, Duration::from_secs(120)).await;
+    for round in 0..4 {
+        nodes[0]
+            .state
+            .cluster
+            .write(write_request(&format!("hung-{round}"), round))
+            .await
+            .expect("write");
+    }
+    let hung = wait_leader_of(&nodes, 1).await;
+    let hung_address = node(&nodes, hung)
+        .state
+        .cluster
+        .config()
+        .advertise_address
+        .clone();
+    // The hung node's raft falls silent (so the others elect a new leader) and it answers no query.
+    for each in &nodes {
+        each.state.cluster.faults.isolate(hung);
+        each.state.cluster.faults.hang_requests_to(&hung_address);
+    }
+    let coordinator = nodes.iter().find(|each| each.id() != hung).expect("another node");
+    let answer = coordinator
+        .state
+        .cluster
+        .series(api::SeriesRequest {
+            selection: None,
+            options: Some(api::QueryOptions { allow_partial: false }),
+        })
+        .await
+        .expect("the query is answered once group 1 has a new leader");
+    assert!(
+        answer
+            .coverage
+            .as_ref()
+            .is_none_or(|coverage| coverage.missing.is_empty()),
+        "no group may be missing: {:?}",
+        answer.coverage
+    );
+    assert!(!answer.series.is_empty(), "the groups' series are listed");
     heal_all(&nodes);
     stop_all(nodes).await;
 }

@@ -68,67 +68,122 @@ macro_rules! answers_of {
     };
 }
 
+/// Pause before a group query is tried again after every attempt in flight failed.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Most leader redirects one attempt follows.
+const MAX_REDIRECTS_PER_ATTEMPT: usize = 3;
+
 impl Cluster {
-    /// Asks `group` (its leader, wherever it is) to answer `query`, following
-    /// redirects until the group query timeout.
+    /// Asks `group` (its leader, wherever it is) to answer `query`, until the group query timeout.
+    ///
+    /// Attempts are hedged: when one has not answered after two election timeouts, another starts
+    /// beside it, with the group's leader looked up again. Why: a leader that hangs (SIGSTOP, a stalled
+    /// disk) still accepts the request and never answers, while its group elects a new leader within
+    /// about two election timeouts; a single attempt waited for the hung one until the group query
+    /// timeout (10 s by default) and then failed the query. Earlier attempts keep running, so a slow but
+    /// healthy leader still answers.
     async fn query_group(&self, group: GroupId, query: &GroupQuery) -> Result<GroupAnswer, Failure> {
-        let timeout = self.config.group_query_timeout;
-        let deadline = Instant::now() + timeout;
-        let mut redirect: Option<String> = None;
+        let deadline = Instant::now() + self.config.group_query_timeout;
+        let hedge_after = self.config.election_timeout.saturating_mul(2);
+        let mut attempts = futures::stream::FuturesUnordered::new();
         let mut last = Failure::Unavailable(format!("no replica of group {group} is known"));
-        while Instant::now() < deadline {
-            let addresses = match redirect.take() {
-                Some(address) => vec![address],
-                None => {
-                    let mut addresses = Vec::new();
-                    if self.replica(group).is_some() {
-                        addresses.push(self.config.advertise_address.clone());
-                    }
-                    for address in self.candidates_for(group) {
-                        if !addresses.contains(&address) {
-                            addresses.push(address);
+        let mut next_attempt_at = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(last);
+            }
+            if now >= next_attempt_at {
+                attempts.push(self.attempt_group_query(group, query, deadline));
+                next_attempt_at = now + hedge_after;
+            }
+            let wake_at = tokio::time::Instant::from_std(next_attempt_at.min(deadline));
+            tokio::select! {
+                Some(result) = futures::StreamExt::next(&mut attempts), if !attempts.is_empty() => {
+                    match result {
+                        Ok(answer) => return Ok(answer),
+                        Err(Failure::Invalid(message)) => return Err(Failure::Invalid(message)),
+                        Err(failure) => {
+                            last = failure;
+                            if attempts.is_empty() {
+                                next_attempt_at = next_attempt_at.min(Instant::now() + RETRY_PAUSE);
+                            }
                         }
                     }
-                    addresses
                 }
-            };
-            for address in addresses {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                let result = if address == self.config.advertise_address {
-                    match tokio::time::timeout(remaining, self.answer_local(group, query.clone())).await {
-                        Ok(result) => result,
-                        Err(_) => Err(Failure::Unavailable(format!("group {group} timed out"))),
-                    }
-                } else {
-                    let request = Request::Query {
-                        group,
-                        query: query.clone(),
-                    };
-                    match self
-                        .call(&address, &request, remaining.max(Duration::from_millis(1)))
-                        .await
-                    {
-                        Ok(Response::Answer(answer)) => Ok(answer),
-                        Ok(other) => Err(Failure::Unavailable(format!("unexpected answer {other:?}"))),
-                        Err(failure) => Err(failure),
-                    }
-                };
-                match result {
-                    Ok(answer) => return Ok(answer),
-                    Err(Failure::Invalid(message)) => return Err(Failure::Invalid(message)),
-                    Err(Failure::NotLeader { leader: Some(leader) }) if leader != address => {
-                        redirect = Some(leader);
-                        last = Failure::Unavailable(format!("redirected to {address}"));
-                        break;
-                    }
-                    Err(failure) => last = failure,
-                }
+                () = tokio::time::sleep_until(wake_at) => {}
             }
-            if redirect.is_none() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// One attempt at a group query: this node's replica first, then the group's other replicas (the
+    /// leader this node last heard of first), following the redirects of replicas that know the
+    /// leader. Each address is asked once.
+    async fn attempt_group_query(
+        &self,
+        group: GroupId,
+        query: &GroupQuery,
+        deadline: Instant,
+    ) -> Result<GroupAnswer, Failure> {
+        let mut addresses: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        if self.replica(group).is_some() {
+            addresses.push_back(self.config.advertise_address.clone());
+        }
+        for address in self.candidates_for(group) {
+            if !addresses.contains(&address) {
+                addresses.push_back(address);
+            }
+        }
+        let mut asked: Vec<String> = Vec::new();
+        let mut redirects = 0;
+        let mut last = Failure::Unavailable(format!("no replica of group {group} is known"));
+        while let Some(address) = addresses.pop_front() {
+            if asked.contains(&address) {
+                continue;
+            }
+            asked.push(address.clone());
+            match self.ask_replica(group, query, &address, deadline).await {
+                Ok(answer) => return Ok(answer),
+                Err(Failure::Invalid(message)) => return Err(Failure::Invalid(message)),
+                Err(Failure::NotLeader { leader: Some(leader) })
+                    if redirects < MAX_REDIRECTS_PER_ATTEMPT && !asked.contains(&leader) =>
+                {
+                    redirects += 1;
+                    last = Failure::Unavailable(format!("redirected by {address} to {leader}"));
+                    addresses.push_front(leader);
+                }
+                Err(failure) => last = failure,
             }
         }
         Err(last)
+    }
+
+    /// Asks the replica of `group` at `address` (this node's own without a network call).
+    async fn ask_replica(
+        &self,
+        group: GroupId,
+        query: &GroupQuery,
+        address: &str,
+        deadline: Instant,
+    ) -> Result<GroupAnswer, Failure> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if address == self.config.advertise_address {
+            return match tokio::time::timeout(remaining, self.answer_local(group, query.clone())).await {
+                Ok(result) => result,
+                Err(_) => Err(Failure::Unavailable(format!("group {group} timed out"))),
+            };
+        }
+        let request = Request::Query {
+            group,
+            query: query.clone(),
+        };
+        match self
+            .call(address, &request, remaining.max(Duration::from_millis(1)))
+            .await?
+        {
+            Response::Answer(answer) => Ok(answer),
+            other => Err(Failure::Unavailable(format!("unexpected answer {other:?}"))),
+        }
     }
 
     /// Sends `query` to every data group and collects the answers. Fails naming

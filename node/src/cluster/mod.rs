@@ -485,6 +485,12 @@ impl Cluster {
         request: &Request,
         timeout: Duration,
     ) -> Result<Response, Failure> {
+        if self.faults.requests_hang(address) {
+            tokio::time::sleep(timeout).await;
+            return Err(Failure::Unavailable(format!(
+                "{address} did not answer within {timeout:?}"
+            )));
+        }
         let channel = self
             .peers
             .channel(address)

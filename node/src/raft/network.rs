@@ -47,6 +47,7 @@ struct FaultRules {
     cut_links: HashSet<(NodeId, NodeId)>,
     isolated_group_replicas: HashSet<(GroupId, NodeId)>,
     delay: Option<Duration>,
+    hung_addresses: HashSet<String>,
 }
 
 impl FaultInjector {
@@ -68,6 +69,18 @@ impl FaultInjector {
     /// Delays every raft message by `delay`.
     pub fn delay_all(&self, delay: Duration) {
         self.rules.write().delay = Some(delay);
+    }
+
+    /// Internal node-to-node requests (group queries, forwarded writes) sent to `address` are never
+    /// answered, as by a process that is stopped: the caller waits until its own timeout. Raft
+    /// messages are not affected (see [`Self::isolate`]).
+    pub fn hang_requests_to(&self, address: &str) {
+        self.rules.write().hung_addresses.insert(address.to_string());
+    }
+
+    /// True when internal requests to `address` hang (see [`Self::hang_requests_to`]).
+    pub fn requests_hang(&self, address: &str) -> bool {
+        self.rules.read().hung_addresses.contains(address)
     }
 
     /// Removes every fault.
