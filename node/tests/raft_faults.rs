@@ -658,7 +658,7 @@ async fn fanout_group_without_quorum_fails_the_query_or_is_named_missing() {
 
 /// Regression: a query in flight when its group's leader hung waited for the hung leader until the
 /// group query timeout and then failed. The coordinator now starts another attempt beside the hung
-/// one after two election timeouts, and the group's new leader answers it.
+/// one when the group elects another leader, and that leader answers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fanout_query_in_flight_when_a_leader_hangs_is_answered_by_the_new_leader() {
     // Far above an election: waiting for the hung leader fails the query, however long the

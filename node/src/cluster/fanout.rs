@@ -76,28 +76,34 @@ const MAX_REDIRECTS_PER_ATTEMPT: usize = 3;
 impl Cluster {
     /// Asks `group` (its leader, wherever it is) to answer `query`, until the group query timeout.
     ///
-    /// Attempts are hedged: when one has not answered after two election timeouts, another starts
-    /// beside it, with the group's leader looked up again. Why: a leader that hangs (SIGSTOP, a stalled
-    /// disk) still accepts the request and never answers, while its group elects a new leader within
-    /// about two election timeouts; a single attempt waited for the hung one until the group query
-    /// timeout (10 s by default) and then failed the query. Earlier attempts keep running, so a slow but
-    /// healthy leader still answers.
+    /// While an attempt is in flight, the group's leader as this node knows it is watched: when it
+    /// changes, another attempt starts beside the first, addressed to the new leader. Why: a leader
+    /// that hangs (SIGSTOP, a stalled disk) accepts the request and never answers, while its group
+    /// elects a new leader within about two election timeouts; a single attempt waited for the hung
+    /// one until the group query timeout (10 s by default) and then failed the query. Earlier
+    /// attempts keep running, and a leader that is only slow is not asked twice (the leader did not
+    /// change), so a heavy query does not multiply its own load.
     async fn query_group(&self, group: GroupId, query: &GroupQuery) -> Result<GroupAnswer, Failure> {
         let deadline = Instant::now() + self.config.group_query_timeout;
-        let hedge_after = self.config.election_timeout.saturating_mul(2);
+        let watch_every = (self.config.election_timeout / 4).max(Duration::from_millis(10));
         let mut attempts = futures::stream::FuturesUnordered::new();
         let mut last = Failure::Unavailable(format!("no replica of group {group} is known"));
-        let mut next_attempt_at = Instant::now();
+        let mut retry_at = Some(Instant::now());
+        let mut leader_of_last_attempt = None;
         loop {
             let now = Instant::now();
             if now >= deadline {
                 return Err(last);
             }
-            if now >= next_attempt_at {
+            let known_leader = self.known_leader(group);
+            let leader_changed =
+                !attempts.is_empty() && known_leader.is_some() && known_leader != leader_of_last_attempt;
+            if retry_at.is_some_and(|at| now >= at) || leader_changed {
+                retry_at = None;
+                leader_of_last_attempt = known_leader;
                 attempts.push(self.attempt_group_query(group, query, deadline));
-                next_attempt_at = now + hedge_after;
             }
-            let wake_at = tokio::time::Instant::from_std(next_attempt_at.min(deadline));
+            let wake_at = retry_at.unwrap_or(now + watch_every).min(deadline);
             tokio::select! {
                 Some(result) = futures::StreamExt::next(&mut attempts), if !attempts.is_empty() => {
                     match result {
@@ -106,13 +112,22 @@ impl Cluster {
                         Err(failure) => {
                             last = failure;
                             if attempts.is_empty() {
-                                next_attempt_at = next_attempt_at.min(Instant::now() + RETRY_PAUSE);
+                                retry_at = Some(Instant::now() + RETRY_PAUSE);
                             }
                         }
                     }
                 }
-                () = tokio::time::sleep_until(wake_at) => {}
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake_at)) => {}
             }
+        }
+    }
+
+    /// The leader of `group` as this node knows it: its own replica's view when it hosts one (which
+    /// follows elections), else the last leader a replica named.
+    fn known_leader(&self, group: GroupId) -> Option<crate::raft::NodeId> {
+        match self.replica(group) {
+            Some(replica) => replica.raft.metrics().borrow().current_leader,
+            None => self.leader_hint(group),
         }
     }
 

@@ -530,6 +530,11 @@ impl Cluster {
         addresses
     }
 
+    /// The last leader of `group` a replica named to this node.
+    fn leader_hint(&self, group: GroupId) -> Option<NodeId> {
+        self.leader_hints.read().get(&group).copied()
+    }
+
     fn note_leader(&self, group: GroupId, leader: Option<NodeId>) {
         if let Some(leader) = leader {
             self.leader_hints.write().insert(group, leader);
