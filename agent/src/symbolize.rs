@@ -235,10 +235,12 @@ impl KeptFiles {
 
 /// Resident memory of this process, bytes (0 when /proc cannot say).
 fn resident_bytes() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let page_bytes = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
+        .map_or(0, |pages| pages.saturating_mul(page_bytes))
 }
 
 /// Caching symbolizer. Not `Sync`: one per profiling loop.
@@ -909,13 +911,17 @@ mod tests {
         assert_eq!(stats.files_parsed, 3, "{stats:?}");
     }
 
-    #[test]
-    fn kept_files_are_dropped_when_idle_and_least_recently_used_first() {
-        let key = |name: &str| FileKey {
+    /// The key of a made-up file called `name` (for `KeptFiles`, which never opens it).
+    fn key(name: &str) -> FileKey {
+        FileKey {
             build_id: String::new(),
             path: name.to_string(),
             dev_inode: ("0:0".to_string(), 0),
-        };
+        }
+    }
+
+    #[test]
+    fn kept_files_are_dropped_when_idle_and_least_recently_used_first() {
         let mut kept = KeptFiles::new(3 * MIN_KEPT_FILE_ESTIMATE);
         kept.keep(key("a"), PathBuf::from("a"), blaze(), 0);
         kept.end_cycle();
@@ -936,11 +942,6 @@ mod tests {
     fn a_file_parsed_for_one_cycle_first_makes_room_among_kept_files() {
         // The budget bounds kept files plus the file parsed for one cycle: otherwise kept files add
         // to the peak that a large file parsed every cycle makes anyway.
-        let key = |name: &str| FileKey {
-            build_id: String::new(),
-            path: name.to_string(),
-            dev_inode: ("0:0".to_string(), 0),
-        };
         let mut kept = KeptFiles::new(3 * MIN_KEPT_FILE_ESTIMATE);
         kept.keep(key("a"), PathBuf::from("a"), blaze(), MIN_KEPT_FILE_ESTIMATE);
         kept.end_cycle();
