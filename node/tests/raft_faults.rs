@@ -213,6 +213,17 @@ fn write_request_of(key: &str, round: usize, file: &str) -> api::WriteRequest {
     }
 }
 
+/// Writes `rounds` requests through `node`, keyed `{prefix}-{round}`.
+async fn write_rounds(node: &TestNode, prefix: &str, rounds: usize) {
+    for round in 0..rounds {
+        node.state
+            .cluster
+            .write(write_request(&format!("{prefix}-{round}"), round))
+            .await
+            .expect("write");
+    }
+}
+
 fn series_count(node: &TestNode) -> usize {
     let request = api::SeriesRequest {
         selection: Some(api::Selection {
@@ -609,14 +620,7 @@ async fn idempotency_batch_retried_whole_or_in_parts_is_stored_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fanout_group_without_quorum_fails_the_query_or_is_named_missing() {
     let nodes = start_cluster(3).await;
-    for round in 0..4 {
-        nodes[0]
-            .state
-            .cluster
-            .write(write_request(&format!("fanout-{round}"), round))
-            .await
-            .expect("write");
-    }
+    write_rounds(&nodes[0], "fanout", 4).await;
     // Cut group 1 off on two of its three replicas: no quorum, no ReadIndex.
     let cut: Vec<NodeId> = nodes.iter().take(2).map(TestNode::id).collect();
     for each in &nodes {
@@ -664,14 +668,7 @@ async fn fanout_query_in_flight_when_a_leader_hangs_is_answered_by_the_new_leade
     // Far above an election: waiting for the hung leader fails the query, however long the
     // election takes below it.
     let nodes = start_cluster_with(3, Duration::from_secs(120)).await;
-    for round in 0..4 {
-        nodes[0]
-            .state
-            .cluster
-            .write(write_request(&format!("hung-{round}"), round))
-            .await
-            .expect("write");
-    }
+    write_rounds(&nodes[0], "hung", 4).await;
     let hung = wait_leader_of(&nodes, 1).await;
     let hung_address = node(&nodes, hung)
         .state
