@@ -32,6 +32,36 @@ fn restart_keeps_everything_acknowledged() {
     assert_eq!(node.snapshot(), before);
 }
 
+/// The test harness keeps what the shared profiles need. Those keep the time they were recorded
+/// at, so a week later they fall outside the default retention (7 d), and the retention pass that
+/// every node starts with deleted them whenever it ran after they were written: tests that ingest
+/// them and restart (or are merely slow) lost them by chance. Regression test: a profile stamped
+/// 30 days ago is still there after a restart whose start-up retention pass has finished.
+#[test]
+fn test_nodes_keep_old_profiles_through_the_start_up_retention_pass() {
+    let mut node = TestNode::start();
+    let thirty_days_ago = now_nanos() - 30 * 24 * 3600 * 1_000_000_000;
+    let old = tiny_pprof("old-profile", 7, thirty_days_ago);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut client = IngestServiceClient::connect(node.url()).await.expect("connect");
+        client
+            .write(write_request("old-profile", &[("service", "old")], old))
+            .await
+            .expect("write");
+    });
+    let before = node.snapshot();
+    assert!(
+        before.0.contains("\"old\""),
+        "the old profile's series is not listed: {}",
+        before.0
+    );
+    node.stop();
+    node.restart();
+    node.wait_for_metric("kiln_retention_passes_total", 1.0);
+    assert_eq!(node.snapshot(), before);
+}
+
 /// Per `seq` label: the merged value (one write of value seq+1 each).
 async fn values_by_sequence(address: &str) -> BTreeMap<u64, i64> {
     let mut client = QueryServiceClient::connect(format!("http://{address}"))

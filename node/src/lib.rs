@@ -137,7 +137,10 @@ impl NodeState {
                     return;
                 };
                 match state.run_retention().await {
-                    Ok(()) => tracing::info!("retention pass done"),
+                    Ok(()) => {
+                        state.metrics.retention_passes.inc();
+                        tracing::info!("retention pass done");
+                    }
                     Err(NodeError::ShuttingDown) => return,
                     Err(error) => tracing::error!(%error, "retention pass failed"),
                 }

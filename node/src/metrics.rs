@@ -79,6 +79,8 @@ pub struct Metrics {
     pub series_created: Counter,
     /// Series removed by retention.
     pub series_expired: Counter,
+    /// Retention passes finished over every replica of this node (the first runs at start-up).
+    pub retention_passes: Counter,
     /// Bytes of live SST files.
     pub disk_bytes: Gauge,
 }
@@ -142,6 +144,12 @@ impl Metrics {
             "series_expired",
             "series removed by retention",
             series_expired.clone(),
+        );
+        let retention_passes = Counter::default();
+        registry.register(
+            "retention_passes",
+            "retention passes finished over every replica of this node",
+            retention_passes.clone(),
         );
         let disk_bytes = Gauge::default();
         registry.register("disk_bytes", "bytes of live SST files", disk_bytes.clone());
@@ -243,6 +251,7 @@ impl Metrics {
             request_errors,
             series_created,
             series_expired,
+            retention_passes,
             disk_bytes,
         }
     }

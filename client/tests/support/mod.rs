@@ -47,10 +47,19 @@ pub struct Started {
 /// `KILN_LOG=log`, and waits (up to [`START_DEADLINE`]) until it prints its address
 /// and node id.
 pub fn spawn_node(data_dir: &Path, listen: &str, extra: &[String], log: &str) -> Started {
+    // The shared test profiles keep the time they were recorded at, which falls outside the
+    // default retention (7 d) a week later; a retention pass (the first runs at start-up,
+    // concurrently with the first writes) would then delete them whenever it happened to run.
+    let retention: &[&str] = if extra.iter().any(|flag| flag == "--retention") {
+        &[]
+    } else {
+        &["--retention", "36500d"]
+    };
     let mut child = Command::new(node_binary())
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--listen", listen])
+        .args(retention)
         .args(extra)
         .env("KILN_LOG", log)
         .stdout(Stdio::piped())
@@ -182,6 +191,31 @@ impl TestNode {
             "top",
         ]);
         (series, top)
+    }
+
+    /// Waits (up to [`START_DEADLINE`]) until the node's `/metrics` shows `name` at `at_least` or more.
+    pub fn wait_for_metric(&self, name: &str, at_least: f64) {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let url = format!("{}/metrics", self.url());
+        let deadline = std::time::Instant::now() + START_DEADLINE;
+        let mut last = None;
+        while std::time::Instant::now() < deadline {
+            let text = runtime.block_on(async { reqwest::get(&url).await.ok()?.text().await.ok() });
+            last = text.as_deref().and_then(|text| {
+                text.lines().find_map(|line| {
+                    line.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+            });
+            if last.is_some_and(|value| value >= at_least) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("metric {name} did not reach {at_least} within {START_DEADLINE:?} (last: {last:?})");
     }
 
     /// Runs the CLI and returns stdout, failing the test on a non-zero exit.
