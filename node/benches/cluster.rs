@@ -15,7 +15,9 @@
 //!
 //! For each: the profiles are sent by several concurrent clients through the
 //! routing client (`kiln_client::RoutingClient`, as the CLI and agent do), and the
-//! acknowledged stack-samples per second are measured; then the merge of
+//! acknowledged stack-samples per second are measured, after an untimed warm-up of the
+//! fleet's first minutes (5 in the full run, 3 in the quick one; `KILN_BENCH_WARMUP_MINUTES`),
+//! whose own rate is reported separately; then the merge of
 //! `support::workload::merge_request` is timed (median of several runs after one
 //! warm-up) through gRPC. All processes share this machine's cores, so the ratios
 //! are what matters. Overrides: `KILN_BENCH_SERIES`, `KILN_BENCH_MINUTES`,
@@ -81,20 +83,33 @@ impl NodeProcess {
 
     /// User + system CPU seconds the process used so far.
     fn cpu_seconds(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else {
-            return 0.0;
-        };
-        // Fields after the command name (which may hold spaces) start after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-            return 0.0;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = [11, 12]
-            .iter()
-            .filter_map(|index| fields.get(*index).and_then(|field| field.parse::<f64>().ok()))
-            .sum();
-        ticks / 100.0
+        process_cpu_seconds(&self.child.id().to_string())
     }
+}
+
+/// Seconds since boot (`/proc/uptime`, CLOCK_BOOTTIME, 10 ms resolution); 0 when unreadable.
+fn boot_seconds() -> f64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|uptime| uptime.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// User + system CPU seconds that process `pid` (or `self`) used so far; 0 when unreadable.
+fn process_cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|index| fields.get(*index).and_then(|field| field.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
 }
 
 impl Drop for NodeProcess {
@@ -125,7 +140,15 @@ fn free_address() -> String {
 fn start_deployment(parent: &Path, nodes: usize, groups: u32) -> Vec<NodeProcess> {
     let mut processes: Vec<NodeProcess> = Vec::new();
     for index in 0..nodes {
-        let mut flags = vec!["--groups".to_string(), groups.to_string()];
+        // The fleet's samples are stamped from a fixed date in 2025, outside the default
+        // retention (7 d): the retention pass that starts with each node would delete
+        // whatever of them it found stored, and it runs concurrently with the first writes.
+        let mut flags = vec![
+            "--groups".to_string(),
+            groups.to_string(),
+            "--retention".to_string(),
+            "36500d".to_string(),
+        ];
         if let Some(first) = processes.first() {
             flags.extend(["--join".to_string(), first.address.clone()]);
         }
@@ -175,22 +198,105 @@ fn start_deployment(parent: &Path, nodes: usize, groups: u32) -> Vec<NodeProcess
 }
 
 struct Measured {
+    /// Wall time, acknowledged stack-samples and node CPU of the warm-up (zero when none).
+    warm_up_wall: Duration,
+    warm_up_samples: u64,
+    warm_up_node_cpu_seconds: f64,
+    /// The same for the timed part.
     wall: Duration,
     samples: u64,
     profiles: u64,
     node_cpu_seconds: f64,
+    client_cpu_seconds: f64,
     merge_first: Duration,
     merge_median: Duration,
     merge_total: i64,
+    /// The totals of the timed merges after the first (all equal to `merge_total` unless
+    /// the answer changed after the writes were acknowledged).
+    later_merge_totals: Vec<i64>,
+    /// Every (series labels, 10 s bucket) -> value of the merge's profile type over the
+    /// whole fleet: where two deployments differ, this says which profiles.
+    points: std::collections::BTreeMap<String, i64>,
     disk_bytes: u64,
 }
 
 /// What every deployment is given.
 struct Workload<'a> {
     requests: &'a [api::WriteRequest],
+    /// How many of the first `requests` are sent before the timer starts.
+    warm_up_requests: usize,
     clients: usize,
     merge: &'a api::MergeRequest,
     merge_runs: usize,
+}
+
+/// Sends `requests` from `clients` concurrent routing clients (seeded round-robin over
+/// `seeds`) and returns each client's acknowledged (profiles, samples).
+async fn send_requests(seeds: &[String], clients: usize, requests: &[api::WriteRequest]) -> Vec<(u64, u64)> {
+    let queue = Arc::new(Mutex::new(VecDeque::from(requests.to_vec())));
+    let tasks: Vec<_> = (0..clients.max(1))
+        .map(|index| {
+            let queue = queue.clone();
+            // Clients spread their seed over the nodes, as agents of a fleet would.
+            let seed = seeds[index % seeds.len()].clone();
+            tokio::spawn(async move {
+                let client = RoutingClient::new(&seed, ConnectOptions::default()).expect("routing client");
+                let (mut profiles, mut samples) = (0u64, 0u64);
+                loop {
+                    let Some(request) = queue.lock().expect("queue").pop_front() else {
+                        break;
+                    };
+                    let key = request.idempotency_key.clone();
+                    let response = client
+                        .write(request)
+                        .await
+                        .unwrap_or_else(|error| panic!("write {key} failed: {error}"));
+                    assert!(!response.duplicate, "write {key} was taken for a duplicate");
+                    profiles += response.profiles;
+                    samples += response.samples;
+                }
+                (profiles, samples)
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("client task"));
+    }
+    outcomes
+}
+
+/// One value per (series, 10 s bucket) of the merged profile type, over every zone.
+fn series_points(
+    runtime: &tokio::runtime::Runtime,
+    client: &KilnClient,
+    merge: &api::MergeRequest,
+) -> std::collections::BTreeMap<String, i64> {
+    let mut selection = merge.selection.clone().expect("merge selection");
+    if let Some(open) = selection.selector.find('{') {
+        selection.selector.truncate(open);
+    }
+    let request = api::RangeRequest {
+        selection: Some(selection),
+        step_ms: 10_000,
+        ..Default::default()
+    };
+    let response = runtime.block_on(client.range(request)).expect("range");
+    let mut points = std::collections::BTreeMap::new();
+    for series in response.series {
+        let labels: Vec<String> = series
+            .labels
+            .iter()
+            .map(|label| format!("{}={}", label.name, label.value))
+            .collect();
+        for point in series.points {
+            points.insert(
+                format!("{} @{}", labels.join(","), point.timestamp_ms),
+                point.value,
+            );
+        }
+    }
+    points
 }
 
 fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload: &Workload) -> Measured {
@@ -200,48 +306,32 @@ fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload
     let seeds: Vec<String> = processes.iter().map(|process| process.address.clone()).collect();
     let Workload {
         requests,
+        warm_up_requests,
         clients,
         merge,
         merge_runs,
     } = *workload;
-    let queue = Arc::new(Mutex::new(VecDeque::from(requests.to_vec())));
+    // Untimed warm-up: the first requests, sent the same way, so that the timed part
+    // measures a deployment that already stores the fleet's symbols and series.
+    let (warm_up, timed_requests) = requests.split_at(warm_up_requests.min(requests.len()));
+    let warm_up_cpu_before: f64 = processes.iter().map(NodeProcess::cpu_seconds).sum();
+    let warm_up_started = Instant::now();
+    let warm_up_outcomes = runtime.block_on(send_requests(&seeds, clients, warm_up));
+    let warm_up_wall = warm_up_started.elapsed();
     let cpu_before: f64 = processes.iter().map(NodeProcess::cpu_seconds).sum();
+    let client_cpu_before = process_cpu_seconds("self");
     let started = Instant::now();
-    let outcomes: Vec<(u64, u64)> = runtime.block_on(async {
-        let tasks: Vec<_> = (0..clients.max(1))
-            .map(|index| {
-                let queue = queue.clone();
-                // Clients spread their seed over the nodes, as agents of a fleet would.
-                let seed = seeds[index % seeds.len()].clone();
-                tokio::spawn(async move {
-                    let client =
-                        RoutingClient::new(&seed, ConnectOptions::default()).expect("routing client");
-                    let (mut profiles, mut samples) = (0u64, 0u64);
-                    loop {
-                        let Some(request) = queue.lock().expect("queue").pop_front() else {
-                            break;
-                        };
-                        let key = request.idempotency_key.clone();
-                        let response = client
-                            .write(request)
-                            .await
-                            .unwrap_or_else(|error| panic!("write {key} failed: {error}"));
-                        assert!(!response.duplicate, "write {key} was taken for a duplicate");
-                        profiles += response.profiles;
-                        samples += response.samples;
-                    }
-                    (profiles, samples)
-                })
-            })
-            .collect();
-        let mut outcomes = Vec::new();
-        for task in tasks {
-            outcomes.push(task.await.expect("client task"));
-        }
-        outcomes
-    });
+    let timed_from = boot_seconds();
+    let outcomes = runtime.block_on(send_requests(&seeds, clients, timed_requests));
     let wall = started.elapsed();
+    // For `perf record -k CLOCK_BOOTTIME` then `perf report --time FROM,TO`: the timed
+    // part alone.
+    eprintln!(
+        "{name}: timed part in boot-clock seconds {timed_from:.2},{:.2}",
+        boot_seconds()
+    );
     let node_cpu_seconds = processes.iter().map(NodeProcess::cpu_seconds).sum::<f64>() - cpu_before;
+    let client_cpu_seconds = process_cpu_seconds("self") - client_cpu_before;
     let _inside = runtime.enter();
     let client = KilnClient::connect_lazy(&processes[0].address, ConnectOptions::default()).expect("client");
     let timed = |request: &api::MergeRequest| {
@@ -249,23 +339,93 @@ fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload
         let response = runtime.block_on(client.merge(request.clone())).expect("merge");
         (started.elapsed(), response)
     };
+    let points = series_points(&runtime, &client, merge);
     let (merge_first, first) = timed(merge);
-    let mut runs: Vec<Duration> = (0..merge_runs.max(1)).map(|_| timed(merge).0).collect();
+    let (mut runs, later_merge_totals): (Vec<Duration>, Vec<i64>) = (0..merge_runs.max(1))
+        .map(|_| {
+            let (took, response) = timed(merge);
+            (took, response.total)
+        })
+        .unzip();
     runs.sort();
+    // Counters that say something went wrong on the way, printed when not zero.
+    for process in &processes {
+        let Ok(output) = Command::new("curl")
+            .args(["-sf", &format!("http://{}/metrics", process.address)])
+            .output()
+        else {
+            continue;
+        };
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let suspicious = ["missing", "error", "retr", "duplicate", "failed"]
+                .iter()
+                .any(|word| line.contains(word));
+            let zero = line.ends_with(" 0") || line.ends_with(" 0.0");
+            if suspicious && !line.starts_with('#') && !zero {
+                eprintln!("{name} {}: {line}", process.address);
+            }
+        }
+    }
     let disk_bytes = report::dir_bytes(&directory).unwrap_or(0);
     // Stop the nodes and free the disk before the next deployment.
     drop(processes);
     let _ = std::fs::remove_dir_all(&directory);
     Measured {
+        warm_up_wall,
+        warm_up_samples: warm_up_outcomes.iter().map(|(_, samples)| samples).sum(),
+        warm_up_node_cpu_seconds: cpu_before - warm_up_cpu_before,
         wall,
         samples: outcomes.iter().map(|(_, samples)| samples).sum(),
-        profiles: outcomes.iter().map(|(profiles, _)| profiles).sum(),
+        profiles: outcomes
+            .iter()
+            .chain(&warm_up_outcomes)
+            .map(|(profiles, _)| profiles)
+            .sum(),
         node_cpu_seconds,
+        client_cpu_seconds,
         merge_first,
         merge_median: runs[runs.len() / 2],
         merge_total: first.total,
+        later_merge_totals,
+        points,
         disk_bytes,
     }
+}
+
+/// The warm-up's own rates, and the whole run's (warm-up and timed part together), so
+/// that the cold start the timed table leaves out is still reported.
+fn print_warm_up_table(results: &[(&str, Measured)], warm_up_minutes: u64) {
+    let warm_up_rate =
+        |measured: &Measured| measured.warm_up_samples as f64 / measured.warm_up_wall.as_secs_f64();
+    let whole_rate = |measured: &Measured| {
+        (measured.warm_up_samples + measured.samples) as f64
+            / (measured.warm_up_wall + measured.wall).as_secs_f64()
+    };
+    let (warm_up_baseline, whole_baseline) = (warm_up_rate(&results[0].1), whole_rate(&results[0].1));
+    let mut table = Table::new(
+        &format!("Ingest of the untimed warm-up (first {warm_up_minutes} min) and of the whole run"),
+        &[
+            "deployment",
+            "warm-up wall",
+            "warm-up stack-samples/s",
+            "warm-up vs 1 node, 1 group",
+            "warm-up node CPU s",
+            "whole run stack-samples/s",
+            "whole run vs 1 node, 1 group",
+        ],
+    );
+    for (name, measured) in results {
+        table.row(&[
+            name.to_string(),
+            millis(measured.warm_up_wall),
+            rate(warm_up_rate(measured)),
+            format!("{:.2}", warm_up_rate(measured) / warm_up_baseline),
+            format!("{:.1}", measured.warm_up_node_cpu_seconds),
+            rate(whole_rate(measured)),
+            format!("{:.2}", whole_rate(measured) / whole_baseline),
+        ]);
+    }
+    table.print();
 }
 
 fn main() {
@@ -312,6 +472,20 @@ fn main() {
     let profiles = generate_profiles(&fleet, threads);
     let (requests, metas) = build_requests(&fleet, profiles, batch);
     let totals = Totals::of(&metas);
+    // KILN_BENCH_WARMUP_MINUTES=W sends the first W minutes of the fleet's data untimed. Every tick
+    // starts a new request, so a tick is exactly ceil(series / batch) requests.
+    // Why a warm-up by default: the first minutes are when each group first stores each service's
+    // symbols and stacks, a cost that a long-running deployment pays once (and again per new binary),
+    // so the timed part measures the rate a deployment sustains. The warm-up's own rate is printed too.
+    let default_warm_up_minutes = match (bench, quick) {
+        (false, _) => 0,
+        (true, true) => 3,
+        (true, false) => 5,
+    };
+    let warm_up_minutes: u64 = env_number("KILN_BENCH_WARMUP_MINUTES").unwrap_or(default_warm_up_minutes);
+    let requests_per_tick = spec.series.div_ceil(batch.max(1));
+    let warm_up_ticks = (warm_up_minutes * 60 / spec.interval_secs) as usize;
+    let warm_up_requests = (warm_up_ticks * requests_per_tick).min(requests.len());
     println!(
         "- workload: {} series x {} min every {} s = {} pprofs, {} stack-samples, in {} requests of <= {batch}; {clients} concurrent clients",
         spec.series,
@@ -321,6 +495,12 @@ fn main() {
         count(totals.samples),
         count(requests.len() as u64)
     );
+    if warm_up_requests > 0 {
+        println!(
+            "- warm-up: the first {warm_up_minutes} min ({} requests) are sent untimed; rates count the rest",
+            count(warm_up_requests as u64)
+        );
+    }
     println!();
     let parent = match std::env::var_os("KILN_BENCH_DIR").map(PathBuf::from) {
         Some(parent) => tempfile::tempdir_in(parent),
@@ -346,6 +526,7 @@ fn main() {
         }
         let workload = Workload {
             requests: &requests,
+            warm_up_requests,
             clients,
             merge: &merge,
             merge_runs,
@@ -360,13 +541,18 @@ fn main() {
     let baseline_rate = results[0].1.samples as f64 / results[0].1.wall.as_secs_f64();
     let baseline_merge = results[0].1.merge_median.as_secs_f64();
     let mut table = Table::new(
-        "Ingest and merge per deployment (same run, same workload)",
+        if warm_up_requests > 0 {
+            "Ingest after the warm-up (sustained), and merge, per deployment (same run, same workload)"
+        } else {
+            "Ingest and merge per deployment (same run, same workload)"
+        },
         &[
             "deployment",
             "wall",
             "stack-samples/s",
             "vs 1 node, 1 group",
             "node CPU s",
+            "client CPU s",
             "merge first",
             "merge median",
             "merge vs 1 group",
@@ -381,6 +567,7 @@ fn main() {
             rate(samples_rate),
             format!("{:.2}", samples_rate / baseline_rate),
             format!("{:.1}", measured.node_cpu_seconds),
+            format!("{:.1}", measured.client_cpu_seconds),
             millis(measured.merge_first),
             millis(measured.merge_median),
             format!("{:.2}", measured.merge_median.as_secs_f64() / baseline_merge),
@@ -388,8 +575,38 @@ fn main() {
         ]);
     }
     table.print();
-    // Every deployment must answer the same merge.
+    if warm_up_requests > 0 {
+        print_warm_up_table(&results, warm_up_minutes);
+    }
+    // Every deployment must answer the same merge, every time.
+    for (name, measured) in &results {
+        assert!(
+            measured
+                .later_merge_totals
+                .iter()
+                .all(|total| *total == measured.merge_total),
+            "{name}: the first merge after the acknowledged writes answered {}, later ones {:?}",
+            measured.merge_total,
+            measured.later_merge_totals
+        );
+    }
     for (name, measured) in &results[1..] {
+        let baseline = &results[0].1.points;
+        let differing: Vec<String> = baseline
+            .iter()
+            .filter(|(key, value)| measured.points.get(*key) != Some(value))
+            .map(|(key, value)| format!("{key}: {value} vs {:?}", measured.points.get(key)))
+            .chain(
+                measured
+                    .points
+                    .keys()
+                    .filter(|key| !baseline.contains_key(*key))
+                    .map(|key| format!("{key}: only in {name}")),
+            )
+            .collect();
+        for line in differing.iter().take(50) {
+            eprintln!("{name} differs from {}: {line}", results[0].0);
+        }
         assert_eq!(
             measured.merge_total, results[0].1.merge_total,
             "{name} merged a different total than the single group"
