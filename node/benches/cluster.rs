@@ -17,8 +17,8 @@
 //! routing client (`kiln_client::RoutingClient`, as the CLI and agent do), and the
 //! acknowledged stack-samples per second are measured, after an untimed warm-up of the
 //! fleet's first minutes (5 in the full run, 3 in the quick one; `KILN_BENCH_WARMUP_MINUTES`),
-//! whose own rate is reported separately; then the merge of
-//! `support::workload::merge_request` is timed (median of several runs after one
+//! whose own rate is reported separately; then, once the nodes are idle again (flushes and
+//! compactions done), the merge of `support::workload::merge_request` is timed (median of several runs after one
 //! warm-up) through gRPC. All processes share this machine's cores, so the ratios
 //! are what matters. Overrides: `KILN_BENCH_SERIES`, `KILN_BENCH_MINUTES`,
 //! `KILN_BENCH_CLIENTS`, `KILN_BENCH_BATCH`, `KILN_BENCH_DIR`, `KILN_BENCH_CLUSTER_GROUPS`
@@ -85,6 +85,28 @@ impl NodeProcess {
     fn cpu_seconds(&self) -> f64 {
         process_cpu_seconds(&self.child.id().to_string())
     }
+}
+
+/// Waits until the nodes' flushes and compactions of the ingest are done: their CPU over
+/// a 500 ms window under 5% of one core, for at most 120 s. So that the merge is timed
+/// against the data, not against the background work the ingest left behind (three
+/// nodes leave three times as much of it). Returns how long that took.
+fn wait_until_idle(processes: &[NodeProcess]) -> Duration {
+    const WINDOW: Duration = Duration::from_millis(500);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let cpu = || processes.iter().map(NodeProcess::cpu_seconds).sum::<f64>();
+    let mut before = cpu();
+    while Instant::now() < deadline {
+        std::thread::sleep(WINDOW);
+        let now = cpu();
+        if now - before < 0.05 * WINDOW.as_secs_f64() {
+            return started.elapsed();
+        }
+        before = now;
+    }
+    eprintln!("the nodes did not go idle within 120 s; timing the merge anyway");
+    started.elapsed()
 }
 
 /// Seconds since boot (`/proc/uptime`, CLOCK_BOOTTIME, 10 ms resolution); 0 when unreadable.
@@ -332,6 +354,11 @@ fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload
     );
     let node_cpu_seconds = processes.iter().map(NodeProcess::cpu_seconds).sum::<f64>() - cpu_before;
     let client_cpu_seconds = process_cpu_seconds("self") - client_cpu_before;
+    let settled_after = wait_until_idle(&processes);
+    eprintln!(
+        "{name}: nodes idle {} ms after the last acknowledgement",
+        settled_after.as_millis()
+    );
     let _inside = runtime.enter();
     let client = KilnClient::connect_lazy(&processes[0].address, ConnectOptions::default()).expect("client");
     let timed = |request: &api::MergeRequest| {
