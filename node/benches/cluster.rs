@@ -17,10 +17,12 @@
 //! routing client (`kiln_client::RoutingClient`, as the CLI and agent do), and the
 //! acknowledged stack-samples per second are measured, after an untimed warm-up of the
 //! fleet's first minutes (5 in the full run, 3 in the quick one; `KILN_BENCH_WARMUP_MINUTES`),
-//! whose own rate is reported separately; then, once the nodes are idle again (flushes and
-//! compactions done), the merge of `support::workload::merge_request` is timed (median of several runs after one
-//! warm-up) through gRPC. All processes share this machine's cores, so the ratios
-//! are what matters. Overrides: `KILN_BENCH_SERIES`, `KILN_BENCH_MINUTES`,
+//! whose own rate is reported separately. Each deployment then waits until its nodes are idle
+//! again (flushes and compactions done) and stays up, idle, while the next ones ingest. Last, the
+//! merge of `support::workload::merge_request` is timed through gRPC on all deployments
+//! interleaved (one untimed first run each, then rounds that ask each deployment once in a
+//! rotating order; the median per deployment). All processes share this machine's cores, so the
+//! ratios are what matters. Overrides: `KILN_BENCH_SERIES`, `KILN_BENCH_MINUTES`,
 //! `KILN_BENCH_CLIENTS`, `KILN_BENCH_BATCH`, `KILN_BENCH_DIR`, `KILN_BENCH_CLUSTER_GROUPS`
 //! (groups of the 3-node deployment), `KILN_BENCH_ONLY` (only the
 //! deployments of that many nodes; the ratios then compare with the first one run). Without `--bench`
@@ -248,8 +250,6 @@ struct Workload<'a> {
     /// How many of the first `requests` are sent before the timer starts.
     warm_up_requests: usize,
     clients: usize,
-    merge: &'a api::MergeRequest,
-    merge_runs: usize,
 }
 
 /// Sends `requests` from `clients` concurrent routing clients (seeded round-robin over
@@ -321,7 +321,7 @@ fn series_points(
     points
 }
 
-fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload: &Workload) -> Measured {
+fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload: &Workload) -> Deployment {
     let directory = parent.join(name.replace([' ', ','], "-"));
     let processes = start_deployment(&directory, nodes, groups);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -330,8 +330,6 @@ fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload
         requests,
         warm_up_requests,
         clients,
-        merge,
-        merge_runs,
     } = *workload;
     // Untimed warm-up: the first requests, sent the same way, so that the timed part
     // measures a deployment that already stores the fleet's symbols and series.
@@ -359,24 +357,90 @@ fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload
         "{name}: nodes idle {} ms after the last acknowledgement",
         settled_after.as_millis()
     );
-    let _inside = runtime.enter();
-    let client = KilnClient::connect_lazy(&processes[0].address, ConnectOptions::default()).expect("client");
-    let timed = |request: &api::MergeRequest| {
-        let started = Instant::now();
-        let response = runtime.block_on(client.merge(request.clone())).expect("merge");
-        (started.elapsed(), response)
+    let measured = Measured {
+        warm_up_wall,
+        warm_up_samples: warm_up_outcomes.iter().map(|(_, samples)| samples).sum(),
+        warm_up_node_cpu_seconds: cpu_before - warm_up_cpu_before,
+        wall,
+        samples: outcomes.iter().map(|(_, samples)| samples).sum(),
+        profiles: outcomes
+            .iter()
+            .chain(&warm_up_outcomes)
+            .map(|(profiles, _)| profiles)
+            .sum(),
+        node_cpu_seconds,
+        client_cpu_seconds,
+        merge_first: Duration::ZERO,
+        merge_median: Duration::ZERO,
+        merge_total: 0,
+        later_merge_totals: Vec::new(),
+        points: std::collections::BTreeMap::new(),
+        disk_bytes: 0,
     };
-    let points = series_points(&runtime, &client, merge);
-    let (merge_first, first) = timed(merge);
-    let (mut runs, later_merge_totals): (Vec<Duration>, Vec<i64>) = (0..merge_runs.max(1))
-        .map(|_| {
-            let (took, response) = timed(merge);
-            (took, response.total)
+    Deployment {
+        measured,
+        processes,
+        directory,
+        runtime,
+    }
+}
+
+/// A deployment whose ingest is done: its nodes stay up until every deployment's merges are timed.
+struct Deployment {
+    measured: Measured,
+    processes: Vec<NodeProcess>,
+    directory: PathBuf,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// Times `merge` on every deployment, interleaved: one untimed first run each, then `runs` rounds
+/// that ask each deployment once, in an order that rotates every round. Why interleaved: the same
+/// merge on the same data moved by up to 2x between runs minutes apart on this VM, so timing one
+/// deployment after the other measured the VM's drift as much as the fan-out. Also reads each
+/// deployment's per-series points, non-zero error counters, and disk bytes.
+fn time_merges(deployments: &mut [(&str, Deployment)], merge: &api::MergeRequest, runs: usize) {
+    let clients: Vec<KilnClient> = deployments
+        .iter()
+        .map(|(_, deployment)| {
+            let _inside = deployment.runtime.enter();
+            KilnClient::connect_lazy(&deployment.processes[0].address, ConnectOptions::default())
+                .expect("client")
         })
-        .unzip();
-    runs.sort();
-    // Counters that say something went wrong on the way, printed when not zero.
-    for process in &processes {
+        .collect();
+    let timed = |deployment: &Deployment, client: &KilnClient| {
+        let started = Instant::now();
+        let response = deployment
+            .runtime
+            .block_on(client.merge(merge.clone()))
+            .expect("merge");
+        (started.elapsed(), response.total)
+    };
+    let mut durations: Vec<Vec<Duration>> = vec![Vec::new(); deployments.len()];
+    for ((_, deployment), client) in deployments.iter_mut().zip(&clients) {
+        deployment.measured.points = series_points(&deployment.runtime, client, merge);
+        let (first, total) = timed(deployment, client);
+        deployment.measured.merge_first = first;
+        deployment.measured.merge_total = total;
+    }
+    for round in 0..runs.max(1) {
+        for offset in 0..deployments.len() {
+            let index = (round + offset) % deployments.len();
+            let (took, total) = timed(&deployments[index].1, &clients[index]);
+            durations[index].push(took);
+            deployments[index].1.measured.later_merge_totals.push(total);
+        }
+    }
+    for ((name, deployment), mut runs) in deployments.iter_mut().zip(durations) {
+        runs.sort();
+        deployment.measured.merge_median = runs[runs.len() / 2];
+        print_suspicious_counters(name, &deployment.processes);
+        deployment.measured.disk_bytes = report::dir_bytes(&deployment.directory).unwrap_or(0);
+    }
+}
+
+/// Prints the nodes' non-zero counters that say something went wrong on the way.
+fn print_suspicious_counters(name: &str, processes: &[NodeProcess]) {
+    for process in processes {
         let Ok(output) = Command::new("curl")
             .args(["-sf", &format!("http://{}/metrics", process.address)])
             .output()
@@ -392,30 +456,6 @@ fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload
                 eprintln!("{name} {}: {line}", process.address);
             }
         }
-    }
-    let disk_bytes = report::dir_bytes(&directory).unwrap_or(0);
-    // Stop the nodes and free the disk before the next deployment.
-    drop(processes);
-    let _ = std::fs::remove_dir_all(&directory);
-    Measured {
-        warm_up_wall,
-        warm_up_samples: warm_up_outcomes.iter().map(|(_, samples)| samples).sum(),
-        warm_up_node_cpu_seconds: cpu_before - warm_up_cpu_before,
-        wall,
-        samples: outcomes.iter().map(|(_, samples)| samples).sum(),
-        profiles: outcomes
-            .iter()
-            .chain(&warm_up_outcomes)
-            .map(|(profiles, _)| profiles)
-            .sum(),
-        node_cpu_seconds,
-        client_cpu_seconds,
-        merge_first,
-        merge_median: runs[runs.len() / 2],
-        merge_total: first.total,
-        later_merge_totals,
-        points,
-        disk_bytes,
     }
 }
 
@@ -460,8 +500,8 @@ fn main() {
     let quick = std::env::var("KILN_BENCH_QUICK").is_ok_and(|value| !value.is_empty() && value != "0");
     let (series, minutes, merge_runs) = match (bench, quick) {
         (false, _) => (6, 2, 1),
-        (true, true) => (30, 10, 3),
-        (true, false) => (60, 20, 7),
+        (true, true) => (30, 10, 5),
+        (true, false) => (60, 20, 15),
     };
     let spec = FleetSpec {
         seed: 20250602,
@@ -546,7 +586,7 @@ fn main() {
     ];
     // KILN_BENCH_ONLY=3 runs only the deployments with that many nodes (profiling).
     let only: Option<usize> = env_number("KILN_BENCH_ONLY");
-    let mut results = Vec::new();
+    let mut alive: Vec<(&str, Deployment)> = Vec::new();
     for (name, nodes, groups) in deployments {
         if only.is_some_and(|only| only != nodes) {
             continue;
@@ -555,14 +595,41 @@ fn main() {
             requests: &requests,
             warm_up_requests,
             clients,
-            merge: &merge,
-            merge_runs,
         };
-        let measured = run_deployment(name, parent.path(), nodes, groups, &workload);
+        // The deployments done so far stay up (idle) for the interleaved merges: say what they cost.
+        let idle_cpu = || -> f64 {
+            alive
+                .iter()
+                .flat_map(|(_, deployment)| &deployment.processes)
+                .map(NodeProcess::cpu_seconds)
+                .sum()
+        };
+        let idle_before = idle_cpu();
+        let deployment = run_deployment(name, parent.path(), nodes, groups, &workload);
+        if !alive.is_empty() {
+            eprintln!(
+                "{name}: the idle earlier deployments used {:.2} CPU-s during its ingest",
+                idle_cpu() - idle_before
+            );
+        }
         assert_eq!(
-            measured.profiles, totals.profiles,
+            deployment.measured.profiles, totals.profiles,
             "{name}: not every profile was acknowledged"
         );
+        alive.push((name, deployment));
+    }
+    time_merges(&mut alive, &merge, merge_runs);
+    let mut results = Vec::new();
+    for (name, deployment) in alive {
+        let Deployment {
+            measured,
+            processes,
+            directory,
+            runtime,
+        } = deployment;
+        drop(processes);
+        drop(runtime);
+        let _ = std::fs::remove_dir_all(&directory);
         results.push((name, measured));
     }
     let baseline_rate = results[0].1.samples as f64 / results[0].1.wall.as_secs_f64();
