@@ -221,7 +221,8 @@ fn start_deployment(parent: &Path, nodes: usize, groups: u32) -> Vec<NodeProcess
     }
 }
 
-struct Measured {
+/// What one deployment's ingest measured.
+struct Ingest {
     /// Wall time, acknowledged stack-samples and node CPU of the warm-up (zero when none).
     warm_up_wall: Duration,
     warm_up_samples: u64,
@@ -229,19 +230,30 @@ struct Measured {
     /// The same for the timed part.
     wall: Duration,
     samples: u64,
+    /// Profiles acknowledged, warm-up included.
     profiles: u64,
     node_cpu_seconds: f64,
     client_cpu_seconds: f64,
-    merge_first: Duration,
-    merge_median: Duration,
-    merge_total: i64,
-    /// The totals of the timed merges after the first (all equal to `merge_total` unless
-    /// the answer changed after the writes were acknowledged).
-    later_merge_totals: Vec<i64>,
+}
+
+/// What the interleaved merges measured on one deployment.
+struct Merges {
+    first: Duration,
+    median: Duration,
+    total: i64,
+    /// The totals of the timed merges after the first (all equal to `total` unless the
+    /// answer changed after the writes were acknowledged).
+    later_totals: Vec<i64>,
     /// Every (series labels, 10 s bucket) -> value of the merge's profile type over the
     /// whole fleet: where two deployments differ, this says which profiles.
     points: std::collections::BTreeMap<String, i64>,
     disk_bytes: u64,
+}
+
+/// Everything measured on one deployment.
+struct Measured {
+    ingest: Ingest,
+    merges: Merges,
 }
 
 /// What every deployment is given.
@@ -357,7 +369,7 @@ fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload
         "{name}: nodes idle {} ms after the last acknowledgement",
         settled_after.as_millis()
     );
-    let measured = Measured {
+    let ingest = Ingest {
         warm_up_wall,
         warm_up_samples: warm_up_outcomes.iter().map(|(_, samples)| samples).sum(),
         warm_up_node_cpu_seconds: cpu_before - warm_up_cpu_before,
@@ -370,15 +382,9 @@ fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload
             .sum(),
         node_cpu_seconds,
         client_cpu_seconds,
-        merge_first: Duration::ZERO,
-        merge_median: Duration::ZERO,
-        merge_total: 0,
-        later_merge_totals: Vec::new(),
-        points: std::collections::BTreeMap::new(),
-        disk_bytes: 0,
     };
     Deployment {
-        measured,
+        ingest,
         processes,
         directory,
         runtime,
@@ -387,7 +393,7 @@ fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload
 
 /// A deployment whose ingest is done: its nodes stay up until every deployment's merges are timed.
 struct Deployment {
-    measured: Measured,
+    ingest: Ingest,
     processes: Vec<NodeProcess>,
     directory: PathBuf,
     runtime: tokio::runtime::Runtime,
@@ -397,8 +403,8 @@ struct Deployment {
 /// that ask each deployment once, in an order that rotates every round. Why interleaved: the same
 /// merge on the same data moved by up to 2x between runs minutes apart on this VM, so timing one
 /// deployment after the other measured the VM's drift as much as the fan-out. Also reads each
-/// deployment's per-series points, non-zero error counters, and disk bytes.
-fn time_merges(deployments: &mut [(&str, Deployment)], merge: &api::MergeRequest, runs: usize) {
+/// deployment's per-series points and disk bytes. Answers in the order of `deployments`.
+fn time_merges(deployments: &[(&str, Deployment)], merge: &api::MergeRequest, runs: usize) -> Vec<Merges> {
     let clients: Vec<KilnClient> = deployments
         .iter()
         .map(|(_, deployment)| {
@@ -407,66 +413,55 @@ fn time_merges(deployments: &mut [(&str, Deployment)], merge: &api::MergeRequest
                 .expect("client")
         })
         .collect();
-    let timed = |deployment: &Deployment, client: &KilnClient| {
+    let timed = |index: usize| {
         let started = Instant::now();
-        let response = deployment
+        let response = deployments[index]
+            .1
             .runtime
-            .block_on(client.merge(merge.clone()))
+            .block_on(clients[index].merge(merge.clone()))
             .expect("merge");
         (started.elapsed(), response.total)
     };
+    let mut merges: Vec<Merges> = (0..deployments.len())
+        .map(|index| {
+            let deployment = &deployments[index].1;
+            let points = series_points(&deployment.runtime, &clients[index], merge);
+            let (first, total) = timed(index);
+            Merges {
+                first,
+                median: Duration::ZERO,
+                total,
+                later_totals: Vec::new(),
+                points,
+                disk_bytes: report::dir_bytes(&deployment.directory).unwrap_or(0),
+            }
+        })
+        .collect();
     let mut durations: Vec<Vec<Duration>> = vec![Vec::new(); deployments.len()];
-    for ((_, deployment), client) in deployments.iter_mut().zip(&clients) {
-        deployment.measured.points = series_points(&deployment.runtime, client, merge);
-        let (first, total) = timed(deployment, client);
-        deployment.measured.merge_first = first;
-        deployment.measured.merge_total = total;
-    }
     for round in 0..runs.max(1) {
         for offset in 0..deployments.len() {
             let index = (round + offset) % deployments.len();
-            let (took, total) = timed(&deployments[index].1, &clients[index]);
+            let (took, total) = timed(index);
             durations[index].push(took);
-            deployments[index].1.measured.later_merge_totals.push(total);
+            merges[index].later_totals.push(total);
         }
     }
-    for ((name, deployment), mut runs) in deployments.iter_mut().zip(durations) {
+    for (merges, mut runs) in merges.iter_mut().zip(durations) {
         runs.sort();
-        deployment.measured.merge_median = runs[runs.len() / 2];
-        print_suspicious_counters(name, &deployment.processes);
-        deployment.measured.disk_bytes = report::dir_bytes(&deployment.directory).unwrap_or(0);
+        merges.median = runs[runs.len() / 2];
     }
-}
-
-/// Prints the nodes' non-zero counters that say something went wrong on the way.
-fn print_suspicious_counters(name: &str, processes: &[NodeProcess]) {
-    for process in processes {
-        let Ok(output) = Command::new("curl")
-            .args(["-sf", &format!("http://{}/metrics", process.address)])
-            .output()
-        else {
-            continue;
-        };
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            let suspicious = ["missing", "error", "retr", "duplicate", "failed"]
-                .iter()
-                .any(|word| line.contains(word));
-            let zero = line.ends_with(" 0") || line.ends_with(" 0.0");
-            if suspicious && !line.starts_with('#') && !zero {
-                eprintln!("{name} {}: {line}", process.address);
-            }
-        }
-    }
+    merges
 }
 
 /// The warm-up's own rates, and the whole run's (warm-up and timed part together), so
 /// that the cold start the timed table leaves out is still reported.
 fn print_warm_up_table(results: &[(&str, Measured)], warm_up_minutes: u64) {
-    let warm_up_rate =
-        |measured: &Measured| measured.warm_up_samples as f64 / measured.warm_up_wall.as_secs_f64();
+    let warm_up_rate = |measured: &Measured| {
+        measured.ingest.warm_up_samples as f64 / measured.ingest.warm_up_wall.as_secs_f64()
+    };
     let whole_rate = |measured: &Measured| {
-        (measured.warm_up_samples + measured.samples) as f64
-            / (measured.warm_up_wall + measured.wall).as_secs_f64()
+        (measured.ingest.warm_up_samples + measured.ingest.samples) as f64
+            / (measured.ingest.warm_up_wall + measured.ingest.wall).as_secs_f64()
     };
     let (warm_up_baseline, whole_baseline) = (warm_up_rate(&results[0].1), whole_rate(&results[0].1));
     let mut table = Table::new(
@@ -484,10 +479,10 @@ fn print_warm_up_table(results: &[(&str, Measured)], warm_up_minutes: u64) {
     for (name, measured) in results {
         table.row(&[
             name.to_string(),
-            millis(measured.warm_up_wall),
+            millis(measured.ingest.warm_up_wall),
             rate(warm_up_rate(measured)),
             format!("{:.2}", warm_up_rate(measured) / warm_up_baseline),
-            format!("{:.1}", measured.warm_up_node_cpu_seconds),
+            format!("{:.1}", measured.ingest.warm_up_node_cpu_seconds),
             rate(whole_rate(measured)),
             format!("{:.2}", whole_rate(measured) / whole_baseline),
         ]);
@@ -613,16 +608,16 @@ fn main() {
             );
         }
         assert_eq!(
-            deployment.measured.profiles, totals.profiles,
+            deployment.ingest.profiles, totals.profiles,
             "{name}: not every profile was acknowledged"
         );
         alive.push((name, deployment));
     }
-    time_merges(&mut alive, &merge, merge_runs);
+    let merges = time_merges(&alive, &merge, merge_runs);
     let mut results = Vec::new();
-    for (name, deployment) in alive {
+    for ((name, deployment), merges) in alive.into_iter().zip(merges) {
         let Deployment {
-            measured,
+            ingest,
             processes,
             directory,
             runtime,
@@ -630,10 +625,10 @@ fn main() {
         drop(processes);
         drop(runtime);
         let _ = std::fs::remove_dir_all(&directory);
-        results.push((name, measured));
+        results.push((name, Measured { ingest, merges }));
     }
-    let baseline_rate = results[0].1.samples as f64 / results[0].1.wall.as_secs_f64();
-    let baseline_merge = results[0].1.merge_median.as_secs_f64();
+    let baseline_rate = results[0].1.ingest.samples as f64 / results[0].1.ingest.wall.as_secs_f64();
+    let baseline_merge = results[0].1.merges.median.as_secs_f64();
     let mut table = Table::new(
         if warm_up_requests > 0 {
             "Ingest after the warm-up (sustained), and merge, per deployment (same run, same workload)"
@@ -654,18 +649,18 @@ fn main() {
         ],
     );
     for (name, measured) in &results {
-        let samples_rate = measured.samples as f64 / measured.wall.as_secs_f64();
+        let samples_rate = measured.ingest.samples as f64 / measured.ingest.wall.as_secs_f64();
         table.row(&[
             name.to_string(),
-            millis(measured.wall),
+            millis(measured.ingest.wall),
             rate(samples_rate),
             format!("{:.2}", samples_rate / baseline_rate),
-            format!("{:.1}", measured.node_cpu_seconds),
-            format!("{:.1}", measured.client_cpu_seconds),
-            millis(measured.merge_first),
-            millis(measured.merge_median),
-            format!("{:.2}", measured.merge_median.as_secs_f64() / baseline_merge),
-            report::bytes(measured.disk_bytes),
+            format!("{:.1}", measured.ingest.node_cpu_seconds),
+            format!("{:.1}", measured.ingest.client_cpu_seconds),
+            millis(measured.merges.first),
+            millis(measured.merges.median),
+            format!("{:.2}", measured.merges.median.as_secs_f64() / baseline_merge),
+            report::bytes(measured.merges.disk_bytes),
         ]);
     }
     table.print();
@@ -676,22 +671,24 @@ fn main() {
     for (name, measured) in &results {
         assert!(
             measured
-                .later_merge_totals
+                .merges
+                .later_totals
                 .iter()
-                .all(|total| *total == measured.merge_total),
+                .all(|total| *total == measured.merges.total),
             "{name}: the first merge after the acknowledged writes answered {}, later ones {:?}",
-            measured.merge_total,
-            measured.later_merge_totals
+            measured.merges.total,
+            measured.merges.later_totals
         );
     }
     for (name, measured) in &results[1..] {
-        let baseline = &results[0].1.points;
+        let baseline = &results[0].1.merges.points;
         let differing: Vec<String> = baseline
             .iter()
-            .filter(|(key, value)| measured.points.get(*key) != Some(value))
-            .map(|(key, value)| format!("{key}: {value} vs {:?}", measured.points.get(key)))
+            .filter(|(key, value)| measured.merges.points.get(*key) != Some(value))
+            .map(|(key, value)| format!("{key}: {value} vs {:?}", measured.merges.points.get(key)))
             .chain(
                 measured
+                    .merges
                     .points
                     .keys()
                     .filter(|key| !baseline.contains_key(*key))
@@ -702,12 +699,12 @@ fn main() {
             eprintln!("{name} differs from {}: {line}", results[0].0);
         }
         assert_eq!(
-            measured.merge_total, results[0].1.merge_total,
+            measured.merges.total, results[0].1.merges.total,
             "{name} merged a different total than the single group"
         );
     }
     println!(
         "merge totals agree across deployments: {}",
-        results[0].1.merge_total
+        results[0].1.merges.total
     );
 }
