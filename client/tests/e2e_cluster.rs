@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kiln_client::{ConnectOptions, KilnClient, RoutingClient};
 use kiln_proto::kiln::v1 as api;
 use support::cluster::TestCluster;
-use support::{testdata, tiny_pprof, write_request};
+use support::{metric, testdata, tiny_pprof, write_request};
 
 fn now_nanos() -> i64 {
     kiln_model::time::now_unix_nanos()
@@ -203,20 +203,6 @@ fn view_of(node: &support::cluster::ClusterNode) -> Vec<String> {
     answers.push(node.kiln_ok(&["values", "file", "--from", "0"]));
     answers.push(node.kiln_ok(&["types", "--from", "0"]));
     answers
-}
-
-fn metric(runtime: &tokio::runtime::Runtime, address: &str, name: &str) -> f64 {
-    let text = runtime.block_on(async {
-        reqwest::get(format!("http://{address}/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text")
-    });
-    text.lines()
-        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or(0.0)
 }
 
 #[test]

@@ -196,26 +196,16 @@ impl TestNode {
     /// Waits (up to [`START_DEADLINE`]) until the node's `/metrics` shows `name` at `at_least` or more.
     pub fn wait_for_metric(&self, name: &str, at_least: f64) {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
-        let url = format!("{}/metrics", self.url());
         let deadline = std::time::Instant::now() + START_DEADLINE;
-        let mut last = None;
+        let mut last = 0.0;
         while std::time::Instant::now() < deadline {
-            let text = runtime.block_on(async { reqwest::get(&url).await.ok()?.text().await.ok() });
-            last = text.as_deref().and_then(|text| {
-                text.lines().find_map(|line| {
-                    line.strip_prefix(name)?
-                        .strip_prefix(' ')?
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                })
-            });
-            if last.is_some_and(|value| value >= at_least) {
+            last = metric(&runtime, &self.address, name);
+            if last >= at_least {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        panic!("metric {name} did not reach {at_least} within {START_DEADLINE:?} (last: {last:?})");
+        panic!("metric {name} did not reach {at_least} within {START_DEADLINE:?} (last: {last})");
     }
 
     /// Runs the CLI and returns stdout, failing the test on a non-zero exit.
@@ -457,6 +447,21 @@ pub fn tiny_pprof(tag: &str, value: i64, time_nanos: i64) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(&profile.encode_to_vec()).expect("gzip");
     encoder.finish().expect("gzip")
+}
+
+/// The value of metric `name` on the node at `address` (`/metrics`), 0 when it is not there.
+pub fn metric(runtime: &tokio::runtime::Runtime, address: &str, name: &str) -> f64 {
+    let text = runtime.block_on(async {
+        reqwest::get(format!("http://{address}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    });
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
 }
 
 /// Unix time now in nanoseconds.
