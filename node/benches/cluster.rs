@@ -24,7 +24,7 @@
 //! rotating order; the median per deployment). All processes share this machine's cores, so the
 //! ratios are what matters. Overrides: `KILN_BENCH_SERIES`, `KILN_BENCH_MINUTES`,
 //! `KILN_BENCH_CLIENTS`, `KILN_BENCH_BATCH`, `KILN_BENCH_DIR`, `KILN_BENCH_CLUSTER_GROUPS`
-//! (groups of the 3-node deployment), `KILN_BENCH_ONLY` (only the
+//! (groups of the 3-node deployment), `KILN_BENCH_MERGE_ROUNDS` (timed merge rounds), `KILN_BENCH_ONLY` (only the
 //! deployments of that many nodes; the ratios then compare with the first one run). Without `--bench`
 //! (as `cargo test --all-targets` runs it) it does a few-second smoke run.
 
@@ -57,8 +57,8 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
-    fn start(data_dir: &Path, listen: &str, extra: &[String]) -> NodeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-node"))
+    fn start(binary: &Path, data_dir: &Path, listen: &str, extra: &[String]) -> NodeProcess {
+        let mut child = Command::new(binary)
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", listen])
@@ -161,7 +161,7 @@ fn free_address() -> String {
 /// Starts `nodes` processes (the first bootstraps, the others join it) with
 /// `groups` data groups and waits until every group has `min(3, nodes)` voters,
 /// caught up, with leaders spread.
-fn start_deployment(parent: &Path, nodes: usize, groups: u32) -> Vec<NodeProcess> {
+fn start_deployment(binary: &Path, parent: &Path, nodes: usize, groups: u32) -> Vec<NodeProcess> {
     let mut processes: Vec<NodeProcess> = Vec::new();
     for index in 0..nodes {
         // The fleet's samples are stamped from a fixed date in 2025, outside the default
@@ -177,7 +177,7 @@ fn start_deployment(parent: &Path, nodes: usize, groups: u32) -> Vec<NodeProcess
             flags.extend(["--join".to_string(), first.address.clone()]);
         }
         let directory = parent.join(format!("node{index}"));
-        processes.push(NodeProcess::start(&directory, &free_address(), &flags));
+        processes.push(NodeProcess::start(binary, &directory, &free_address(), &flags));
     }
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let _inside = runtime.enter();
@@ -333,9 +333,18 @@ fn series_points(
     points
 }
 
-fn run_deployment(name: &str, parent: &Path, nodes: usize, groups: u32, workload: &Workload) -> Deployment {
-    let directory = parent.join(name.replace([' ', ','], "-"));
-    let processes = start_deployment(&directory, nodes, groups);
+/// One deployment to measure: its name, node count, data groups and `kiln-node` binary.
+struct Topology {
+    name: String,
+    nodes: usize,
+    groups: u32,
+    binary: PathBuf,
+}
+
+fn run_deployment(topology: &Topology, parent: &Path, workload: &Workload) -> Deployment {
+    let name = topology.name.as_str();
+    let directory = parent.join(name.replace([' ', ',', '[', ']'], "-"));
+    let processes = start_deployment(&topology.binary, &directory, topology.nodes, topology.groups);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let seeds: Vec<String> = processes.iter().map(|process| process.address.clone()).collect();
     let Workload {
@@ -574,18 +583,40 @@ fn main() {
     // per-group costs are).
     let cluster_groups: u32 = env_number("KILN_BENCH_CLUSTER_GROUPS").unwrap_or(8);
     let cluster_name = format!("3 nodes RF=3, {cluster_groups} groups");
-    let deployments: [(&str, usize, u32); 3] = [
-        ("1 node, 1 group", 1, 1),
-        ("1 node, 8 groups", 1, 8),
-        (&cluster_name, 3, cluster_groups),
-    ];
+    // KILN_BENCH_NODE_BINARIES=A,B runs every deployment with build A, then with build B, so
+    // that two builds are compared in one run (this VM drifts between runs).
+    let binaries: Vec<(String, PathBuf)> = match std::env::var("KILN_BENCH_NODE_BINARIES") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .zip(["A", "B", "C", "D"])
+            .map(|(path, tag)| (format!(" [{tag}]"), PathBuf::from(path.trim())))
+            .collect(),
+        _ => vec![(String::new(), PathBuf::from(env!("CARGO_BIN_EXE_kiln-node")))],
+    };
+    for (tag, binary) in &binaries {
+        println!("- node binary{tag}: {}", binary.display());
+    }
     // KILN_BENCH_ONLY=3 runs only the deployments with that many nodes (profiling).
     let only: Option<usize> = env_number("KILN_BENCH_ONLY");
+    let topologies: Vec<Topology> = [
+        ("1 node, 1 group", 1, 1),
+        ("1 node, 8 groups", 1, 8),
+        (cluster_name.as_str(), 3, cluster_groups),
+    ]
+    .into_iter()
+    .filter(|(_, nodes, _)| only.is_none_or(|only| only == *nodes))
+    .flat_map(|(name, nodes, groups)| {
+        binaries.iter().map(move |(tag, binary)| Topology {
+            name: format!("{name}{tag}"),
+            nodes,
+            groups,
+            binary: binary.clone(),
+        })
+    })
+    .collect();
     let mut alive: Vec<(&str, Deployment)> = Vec::new();
-    for (name, nodes, groups) in deployments {
-        if only.is_some_and(|only| only != nodes) {
-            continue;
-        }
+    for topology in &topologies {
+        let name = topology.name.as_str();
         let workload = Workload {
             requests: &requests,
             warm_up_requests,
@@ -600,7 +631,7 @@ fn main() {
                 .sum()
         };
         let idle_before = idle_cpu();
-        let deployment = run_deployment(name, parent.path(), nodes, groups, &workload);
+        let deployment = run_deployment(topology, parent.path(), &workload);
         if !alive.is_empty() {
             eprintln!(
                 "{name}: the idle earlier deployments used {:.2} CPU-s during its ingest",
@@ -613,6 +644,8 @@ fn main() {
         );
         alive.push((name, deployment));
     }
+    let merge_runs: usize = env_number("KILN_BENCH_MERGE_ROUNDS").unwrap_or(merge_runs);
+    let merge_runs: usize = env_number("KILN_BENCH_MERGE_ROUNDS").unwrap_or(merge_runs);
     let merges = time_merges(&alive, &merge, merge_runs);
     let mut results = Vec::new();
     for ((name, deployment), merges) in alive.into_iter().zip(merges) {
