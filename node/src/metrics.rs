@@ -51,6 +51,9 @@ pub struct Metrics {
     pub cluster_nodes_alive: Gauge,
     /// Groups that could not answer a fanned-out query.
     pub fanout_missing_groups: Counter,
+    /// Merge partials asked again with their symbol records because this node's own
+    /// replica of the group did not hold them all (it lagged).
+    pub fanout_record_refetches: Counter,
     /// Stacks left out of raft proposals because the group already stores them.
     pub proposal_stacks_stripped: Counter,
     /// Symbols left out of raft proposals because the group already stores them.
@@ -209,6 +212,12 @@ impl Metrics {
             "groups that could not answer a fanned-out query",
             fanout_missing_groups.clone(),
         );
+        let fanout_record_refetches = Counter::default();
+        registry.register(
+            "fanout_record_refetches",
+            "merge partials asked again with their symbol records because this node's replica lagged",
+            fanout_record_refetches.clone(),
+        );
         let proposal_stacks_stripped = Counter::default();
         registry.register(
             "proposal_stacks_stripped",
@@ -238,6 +247,7 @@ impl Metrics {
             learners_caught_up,
             cluster_nodes_alive,
             fanout_missing_groups,
+            fanout_record_refetches,
             proposal_stacks_stripped,
             proposal_symbols_stripped,
             stack_content_missing,

@@ -703,3 +703,65 @@ async fn fanout_query_in_flight_when_a_leader_hangs_is_answered_by_the_new_leade
     heal_all(&nodes);
     stop_all(nodes).await;
 }
+
+/// Groups that the coordinating node holds a replica of send their stacks without
+/// symbol records, and the coordinator reads the records from its own replica. When
+/// that replica lags behind the leader's stacks, the coordinator must notice the
+/// missing records and ask those groups again with records: the answer is the same
+/// as through an up-to-date node, not one with unknown frames or an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fanout_merge_through_a_lagging_replica_fetches_the_records_it_lacks() {
+    let nodes = start_cluster(3).await;
+    let leaders = [wait_leader_of(&nodes, 1).await, wait_leader_of(&nodes, 2).await];
+    let lagging = nodes
+        .iter()
+        .map(TestNode::id)
+        .find(|id| !leaders.contains(id))
+        .expect("three nodes, two data groups: one node leads neither");
+    // Nothing is written before the cut, so the lagging node stores and caches none of the
+    // profiles' symbols.
+    for each in &nodes {
+        for group in [1, 2] {
+            each.state.cluster.faults.isolate_group_replica(group, lagging);
+        }
+    }
+    let writer = node(&nodes, leaders[0]);
+    write_rounds(writer, "lagging", 4).await;
+    let merge = api::MergeRequest {
+        selection: Some(api::Selection {
+            selector: r#"process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta{service="faults"}"#.into(),
+            start_unix_ms: 0,
+            end_unix_ms: kiln_model::time::now_unix_ms() + 60_000,
+        }),
+        format: api::MergeFormat::Folded as i32,
+        options: None,
+        min_node_fraction: 0.0,
+        top_limit: 0,
+    };
+    let through_leader = writer
+        .state
+        .cluster
+        .merge(merge.clone())
+        .await
+        .expect("merge via a leader");
+    let lagging_node = node(&nodes, lagging);
+    let refetches_before = lagging_node.state.metrics.fanout_record_refetches.get();
+    let through_lagging = lagging_node
+        .state
+        .cluster
+        .merge(merge)
+        .await
+        .expect("merge via the lagging node");
+    assert!(through_leader.total > 0, "the rounds were written");
+    assert_eq!(through_lagging.total, through_leader.total);
+    assert_eq!(
+        through_lagging.result, through_leader.result,
+        "same folded stacks and frames"
+    );
+    assert!(
+        lagging_node.state.metrics.fanout_record_refetches.get() > refetches_before,
+        "the lagging node asked for the records it lacks"
+    );
+    heal_all(&nodes);
+    stop_all(nodes).await;
+}

@@ -14,7 +14,8 @@ use prost::Message;
 use super::internal::{Failure, GroupAnswer, GroupQuery, Request, Response};
 use super::Cluster;
 use crate::error::NodeError;
-use crate::query::partial::{self, MergePartial, RangePartial, SeriesPartial};
+use crate::query::partial::{self, MergePartial, PartialRecords, RangePartial, SeriesPartial};
+use crate::query::symbolize::SymbolRecords;
 use crate::query::QueryEngine;
 use crate::storage::keys::GroupId;
 
@@ -25,9 +26,9 @@ fn undecodable(error: prost::DecodeError) -> NodeError {
 /// Runs one group's part of a query on its engine (blocking: RocksDB reads).
 pub fn run_group_query(engine: &QueryEngine, query: GroupQuery) -> Result<GroupAnswer, NodeError> {
     Ok(match query {
-        GroupQuery::Merge(bytes) => {
-            let selection = api::Selection::decode(&bytes[..]).map_err(undecodable)?;
-            GroupAnswer::Merge(engine.merge_partial(&selection)?)
+        GroupQuery::Merge { selection, records } => {
+            let selection = api::Selection::decode(&selection[..]).map_err(undecodable)?;
+            GroupAnswer::Merge(Box::new(engine.merge_partial(&selection, records)?))
         }
         GroupQuery::Range(bytes) => {
             let request = api::RangeRequest::decode(&bytes[..]).map_err(undecodable)?;
@@ -208,6 +209,18 @@ impl Cluster {
         query: GroupQuery,
         allow_partial: bool,
     ) -> Result<(Vec<GroupAnswer>, api::Coverage), NodeError> {
+        let (answers, coverage) = self.fan_out_each(|_| query.clone(), allow_partial).await?;
+        Ok((answers.into_iter().map(|(_, answer)| answer).collect(), coverage))
+    }
+
+    /// Sends `query_for(group)` to every data group and collects the answers with the
+    /// group that gave each. Fails naming the groups that did not answer, unless
+    /// `allow_partial`.
+    async fn fan_out_each(
+        &self,
+        query_for: impl Fn(GroupId) -> GroupQuery,
+        allow_partial: bool,
+    ) -> Result<(Vec<(GroupId, GroupAnswer)>, api::Coverage), NodeError> {
         let view = self.view();
         if !view.is_bootstrapped() {
             return Err(NodeError::Unavailable(
@@ -216,15 +229,15 @@ impl Cluster {
         }
         let groups: Vec<GroupId> = view.data_groups().collect();
         let asks = groups.iter().map(|group| {
-            let query = &query;
-            async move { (*group, self.query_group(*group, query).await) }
+            let query = query_for(*group);
+            async move { (*group, self.query_group(*group, &query).await) }
         });
         let results = futures::future::join_all(asks).await;
         let mut answers = Vec::with_capacity(results.len());
         let mut missing = Vec::new();
         for (group, result) in results {
             match result {
-                Ok(answer) => answers.push(answer),
+                Ok(answer) => answers.push((group, answer)),
                 Err(Failure::Invalid(message)) => return Err(NodeError::InvalidArgument(message)),
                 Err(failure) => missing.push(api::MissingGroup {
                     group_id: u64::from(group),
@@ -254,17 +267,103 @@ impl Cluster {
         ))
     }
 
+    /// Every group's merge partial of `selection`, each with the symbol records its
+    /// stacks need.
+    ///
+    /// Why not simply ask each group for its records: records are content-addressed
+    /// and mostly the same in every group (the same binaries run everywhere), so eight
+    /// groups would read, send and combine nearly eight copies. Groups that this node
+    /// holds a replica of are asked for their stacks only; their records are then read
+    /// here, once for all of them. A replica that lags may miss a record the leader's
+    /// stacks name: those groups are asked again, with records.
+    async fn merge_partials(
+        &self,
+        selection: &api::Selection,
+        allow_partial: bool,
+    ) -> Result<(Vec<MergePartial>, api::Coverage), NodeError> {
+        let encoded = selection.encode_to_vec();
+        let query_for = |records: PartialRecords| GroupQuery::Merge {
+            selection: encoded.clone(),
+            records,
+        };
+        let records_for = |group: GroupId| match self.replica(group) {
+            Some(_) => PartialRecords::Omitted,
+            None => PartialRecords::Included,
+        };
+        let (answers, mut coverage) = self
+            .fan_out_each(|group| query_for(records_for(group)), allow_partial)
+            .await?;
+        let mut parts: Vec<(GroupId, MergePartial)> = answers
+            .into_iter()
+            .map(|(group, answer)| match answer {
+                GroupAnswer::Merge(part) => Ok((group, *part)),
+                other => Err(NodeError::Internal(format!("a group answered {other:?}"))),
+            })
+            .collect::<Result<_, NodeError>>()?;
+        let wanted: Vec<(GroupId, Vec<u64>)> = parts
+            .iter_mut()
+            .filter(|(_, part)| part.records == PartialRecords::Omitted)
+            .map(|(group, part)| (*group, std::mem::take(&mut part.location_ids)))
+            .collect();
+        let storage = self.storage.clone();
+        let loaded = tokio::task::spawn_blocking(move || SymbolRecords::load_available(&storage, wanted))
+            .await
+            .map_err(|error| NodeError::Internal(error.to_string()))??;
+        match loaded {
+            Ok(records) => {
+                let mut records = Some(records);
+                for (_, part) in &mut parts {
+                    if part.records == PartialRecords::Omitted {
+                        // One part carries them all; the combine takes the union of every part's.
+                        part.attach_records(records.take().unwrap_or_default());
+                    }
+                }
+            }
+            Err(missing) => {
+                tracing::debug!(%missing, "this node's replica lags; asking the groups again with records");
+                let omitted: Vec<GroupId> = parts
+                    .iter()
+                    .filter(|(_, part)| part.records == PartialRecords::Omitted)
+                    .map(|(group, _)| *group)
+                    .collect();
+                self.metrics.fanout_record_refetches.inc_by(omitted.len() as u64);
+                let again = futures::future::join_all(omitted.iter().map(|group| {
+                    let query = query_for(PartialRecords::Included);
+                    async move { (*group, self.query_group(*group, &query).await) }
+                }))
+                .await;
+                parts.retain(|(_, part)| part.records == PartialRecords::Included);
+                for (group, result) in again {
+                    match result {
+                        Ok(GroupAnswer::Merge(part)) => parts.push((group, *part)),
+                        Ok(other) => return Err(NodeError::Internal(format!("a group answered {other:?}"))),
+                        Err(Failure::Invalid(message)) => return Err(NodeError::InvalidArgument(message)),
+                        Err(failure) if allow_partial => {
+                            self.metrics.fanout_missing_groups.inc();
+                            coverage.missing.push(api::MissingGroup {
+                                group_id: u64::from(group),
+                                reason: failure.to_string(),
+                            });
+                        }
+                        Err(failure) => {
+                            return Err(NodeError::Unavailable(format!(
+                                "group {group} ({failure}) could not answer; ask for a partial answer (--partial) to get the rest"
+                            )))
+                        }
+                    }
+                }
+            }
+        }
+        Ok((parts.into_iter().map(|(_, part)| part).collect(), coverage))
+    }
+
     /// Merge over every group.
     pub async fn merge(&self, request: api::MergeRequest) -> Result<api::MergeResponse, NodeError> {
         let request = partial::validate_merge(&request)?;
         let selection = request.selection.clone().unwrap_or_default();
-        let (answers, coverage) = self
-            .fan_out(
-                GroupQuery::Merge(selection.encode_to_vec()),
-                allow_partial(&request.options),
-            )
+        let (parts, coverage) = self
+            .merge_partials(&selection, allow_partial(&request.options))
             .await?;
-        let parts: Vec<MergePartial> = answers_of!(answers, Merge)?;
         tokio::task::spawn_blocking(move || partial::finish_merge(&request, parts, coverage))
             .await
             .map_err(|error| NodeError::Internal(error.to_string()))?
@@ -274,11 +373,11 @@ impl Cluster {
     pub async fn diff(&self, request: api::DiffRequest) -> Result<api::DiffResponse, NodeError> {
         let request = partial::validate_diff(&request)?;
         let partial_ok = allow_partial(&request.options);
-        let query_a = GroupQuery::Merge(request.a.clone().unwrap_or_default().encode_to_vec());
-        let query_b = GroupQuery::Merge(request.b.clone().unwrap_or_default().encode_to_vec());
+        let selection_a = request.a.clone().unwrap_or_default();
+        let selection_b = request.b.clone().unwrap_or_default();
         let (side_a, side_b) = futures::future::try_join(
-            self.fan_out(query_a, partial_ok),
-            self.fan_out(query_b, partial_ok),
+            self.merge_partials(&selection_a, partial_ok),
+            self.merge_partials(&selection_b, partial_ok),
         )
         .await?;
         let mut coverage = side_a.1;
@@ -291,8 +390,7 @@ impl Cluster {
                 coverage.missing.push(missing);
             }
         }
-        let parts_a: Vec<MergePartial> = answers_of!(side_a.0, Merge)?;
-        let parts_b: Vec<MergePartial> = answers_of!(side_b.0, Merge)?;
+        let (parts_a, parts_b) = (side_a.0, side_b.0);
         tokio::task::spawn_blocking(move || partial::finish_diff(&request, parts_a, parts_b, coverage))
             .await
             .map_err(|error| NodeError::Internal(error.to_string()))?

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::map::ClusterMap;
 use crate::error::NodeError;
-use crate::query::partial::{MergePartial, RangePartial, SeriesPartial};
+use crate::query::partial::{MergePartial, PartialRecords, RangePartial, SeriesPartial};
 use crate::raft::{Command, CommandResponse, NodeId};
 use crate::storage::keys::GroupId;
 
@@ -140,8 +140,13 @@ pub struct ProbeReport {
 /// A query one group answers; the API requests travel prost-encoded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum GroupQuery {
-    /// `api::Selection` of a merge (or one side of a diff).
-    Merge(Vec<u8>),
+    /// A merge (or one side of a diff).
+    Merge {
+        /// `api::Selection`.
+        selection: Vec<u8>,
+        /// Whether the partial carries its symbol records.
+        records: PartialRecords,
+    },
     /// `api::RangeRequest`.
     Range(Vec<u8>),
     /// `api::LabelsRequest`.
@@ -157,8 +162,8 @@ pub enum GroupQuery {
 /// One group's partial answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum GroupAnswer {
-    /// Merge partial.
-    Merge(MergePartial),
+    /// Merge partial (boxed: by far the largest answer).
+    Merge(Box<MergePartial>),
     /// Range partial.
     Range(RangePartial),
     /// Label names.

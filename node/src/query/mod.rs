@@ -12,6 +12,7 @@
 pub mod partial;
 pub mod pprof_export;
 pub mod select;
+pub mod stacks;
 pub mod symbolize;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,7 +25,8 @@ use kiln_model::tree::{StackTree, TopEntry, TruncationReport};
 use kiln_proto::kiln::v1 as api;
 use roaring::RoaringBitmap;
 
-use self::partial::{MergePartial, RangePartial, SeriesPartial};
+use self::partial::{MergePartial, PartialRecords, RangePartial, SeriesPartial};
+use self::stacks::StackSet;
 use self::symbolize::SymbolRecords;
 use crate::error::NodeError;
 use crate::metrics::{Metrics, QueryLabels};
@@ -366,36 +368,57 @@ impl QueryEngine {
     }
 
     /// This group's merge of `selection`: its stacks by location ids with their
-    /// summed values and every symbol record they need (see [`MergePartial`]). An
-    /// end of 0 means this node's now; a coordinator pins it first
-    /// ([`partial::validate_merge`]).
-    pub fn merge_partial(&self, selection: &api::Selection) -> Result<MergePartial, NodeError> {
-        self.observe("merge_partial", || self.merge_partial_unobserved(selection))
+    /// summed values and, unless `records` says [`PartialRecords::Omitted`], every
+    /// symbol record they need (see [`MergePartial`]). An end of 0 means this node's
+    /// now; a coordinator pins it first ([`partial::validate_merge`]).
+    pub fn merge_partial(
+        &self,
+        selection: &api::Selection,
+        records: PartialRecords,
+    ) -> Result<MergePartial, NodeError> {
+        self.observe("merge_partial", || {
+            self.merge_partial_unobserved(selection, records)
+        })
     }
 
-    fn merge_partial_unobserved(&self, selection: &api::Selection) -> Result<MergePartial, NodeError> {
+    fn merge_partial_unobserved(
+        &self,
+        selection: &api::Selection,
+        records_wanted: PartialRecords,
+    ) -> Result<MergePartial, NodeError> {
         let checked = partial::check_selection(selection)?;
         let ordinals = select::select_series(&self.storage, self.group, &checked.selector, i64::MIN)?;
         let merged = self.merge_stacks(&checked.profile_type, &ordinals, checked.range)?;
         let stack_ids: Vec<u64> = merged.values.iter().map(|(stack, _)| *stack).collect();
         let location_lists = self.storage.stacks(self.group, &stack_ids)?;
-        let location_ids: Vec<u64> = location_lists
-            .iter()
-            .flat_map(|locations| locations.iter().copied())
-            .collect();
-        let records = SymbolRecords::load(&self.storage, self.group, location_ids)?;
-        let stacks: Vec<(Vec<u64>, i64)> = location_lists
-            .iter()
-            .zip(&merged.values)
-            .map(|(locations, (_, value))| (locations.to_vec(), *value))
-            .collect();
-        Ok(MergePartial::new(
-            checked.profile_type,
-            stacks,
-            records,
-            merged.profiles,
-            merged.series,
-        ))
+        let stacks = StackSet::from_pairs(
+            location_lists
+                .iter()
+                .zip(&merged.values)
+                .map(|(locations, (_, value))| (locations.as_ref(), *value)),
+        );
+        match records_wanted {
+            PartialRecords::Omitted => Ok(MergePartial::without_records(
+                checked.profile_type,
+                stacks,
+                merged.profiles,
+                merged.series,
+            )),
+            PartialRecords::Included => {
+                let location_ids: Vec<u64> = location_lists
+                    .iter()
+                    .flat_map(|locations| locations.iter().copied())
+                    .collect();
+                let records = SymbolRecords::load(&self.storage, self.group, location_ids)?;
+                Ok(MergePartial::new(
+                    checked.profile_type,
+                    stacks,
+                    records,
+                    merged.profiles,
+                    merged.series,
+                ))
+            }
+        }
     }
 
     /// Merge: a flame graph tree, top table, pprof, folded text or SVG.
@@ -404,7 +427,7 @@ impl QueryEngine {
             let request = partial::validate_merge(request)?;
             let mut parts = Vec::with_capacity(1);
             if let Some(selection) = &request.selection {
-                parts.push(self.merge_partial_unobserved(selection)?);
+                parts.push(self.merge_partial_unobserved(selection, PartialRecords::Included)?);
             }
             partial::finish_merge(&request, parts, complete_coverage())
         })
@@ -419,8 +442,8 @@ impl QueryEngine {
                     "a diff needs selections a and b".into(),
                 ));
             };
-            let part_a = self.merge_partial_unobserved(selection_a)?;
-            let part_b = self.merge_partial_unobserved(selection_b)?;
+            let part_a = self.merge_partial_unobserved(selection_a, PartialRecords::Included)?;
+            let part_b = self.merge_partial_unobserved(selection_b, PartialRecords::Included)?;
             partial::finish_diff(&request, vec![part_a], vec![part_b], complete_coverage())
         })
     }

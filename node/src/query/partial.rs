@@ -26,6 +26,7 @@ use kiln_model::tree::TruncationReport;
 use kiln_proto::kiln::v1 as api;
 use serde::{Deserialize, Serialize};
 
+use super::stacks::{merge_ascending_runs, StackSet};
 use super::symbolize::{ResolvedSymbols, SymbolRecords};
 use super::{
     check_fraction, limit_rows, pprof_export, profile_type_info, render_svg, top_to_api, tree_to_api,
@@ -56,17 +57,29 @@ mod byte_records {
     }
 }
 
+/// Whether a group's merge partial carries the symbol records its stacks need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PartialRecords {
+    /// Every record the stacks need: the partial is self-contained.
+    Included,
+    /// None: the asker holds a replica of the group and reads them there (once for
+    /// all such groups, instead of once per group; see
+    /// [`SymbolRecords::load_available`]), asking again with `Included` for a group
+    /// whose replica misses one.
+    Omitted,
+}
+
 /// One group's merge of a selection, before rendering.
 ///
-/// Self-contained: every location a stack names is in `locations`, with the functions,
-/// mappings and strings it refers to. Each list is sorted by its key without
-/// duplicates; stacks have non-zero values.
+/// With [`PartialRecords::Included`], self-contained: every location a stack names
+/// is in `locations`, with the functions, mappings and strings it refers to. Each
+/// list is sorted by its key without duplicates; stacks have non-zero values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MergePartial {
     /// The selector's profile type.
     pub profile_type: ProfileType,
-    /// `(location content ids leaf first, value)`.
-    pub stacks: Vec<(Vec<u64>, i64)>,
+    /// The stacks, by location content ids leaf first, with their values.
+    pub stacks: StackSet,
     /// Location content id -> encoded `StoredLocation`.
     #[serde(with = "byte_records")]
     pub locations: Vec<(u64, Vec<u8>)>,
@@ -82,19 +95,23 @@ pub struct MergePartial {
     pub profiles: u64,
     /// Series of the group that contributed.
     pub series: u64,
+    /// Whether the record lists are filled.
+    pub records: PartialRecords,
+    /// With [`PartialRecords::Omitted`]: every location id the stacks name, ascending,
+    /// each once, so that the asker need not gather them from the stacks (work that
+    /// each group does in parallel instead). Empty otherwise.
+    pub location_ids: Vec<u64>,
 }
 
 impl MergePartial {
-    /// A partial of `profile_type` holding `stacks` (any order, duplicates allowed:
-    /// they are summed, zero sums dropped) and the records describing them.
+    /// A partial of `profile_type` holding `stacks` and the records describing them.
     pub fn new(
         profile_type: ProfileType,
-        mut stacks: Vec<(Vec<u64>, i64)>,
+        stacks: StackSet,
         records: SymbolRecords,
         profiles: u64,
         series: u64,
     ) -> MergePartial {
-        normalize_stacks(&mut stacks);
         MergePartial {
             profile_type,
             stacks,
@@ -104,7 +121,41 @@ impl MergePartial {
             strings: records.strings,
             profiles,
             series,
+            records: PartialRecords::Included,
+            location_ids: Vec::new(),
         }
+    }
+
+    /// A partial of `profile_type` holding `stacks` without their records
+    /// ([`PartialRecords::Omitted`]), listing the location ids they name.
+    pub fn without_records(
+        profile_type: ProfileType,
+        stacks: StackSet,
+        profiles: u64,
+        series: u64,
+    ) -> MergePartial {
+        let mut location_ids: Vec<u64> = stacks
+            .iter()
+            .flat_map(|(stack, _)| stack.iter().copied())
+            .collect();
+        location_ids.sort_unstable();
+        location_ids.dedup();
+        MergePartial {
+            records: PartialRecords::Omitted,
+            location_ids,
+            ..MergePartial::new(profile_type, stacks, SymbolRecords::default(), profiles, series)
+        }
+    }
+
+    /// Fills in records read by the asker for a partial with
+    /// [`PartialRecords::Omitted`]; the records may describe other partials' stacks too.
+    pub fn attach_records(&mut self, records: SymbolRecords) {
+        self.locations = records.locations;
+        self.functions = records.functions;
+        self.mappings = records.mappings;
+        self.strings = records.strings;
+        self.records = PartialRecords::Included;
+        self.location_ids = Vec::new();
     }
 }
 
@@ -323,52 +374,55 @@ pub fn validate_profile_types(_request: &api::ProfileTypesRequest) -> Result<(),
     Ok(())
 }
 
-/// Sorts stacks by location ids, sums equal ones and drops zero sums: the canonical
-/// form that makes every merge independent of input order.
-pub(super) fn normalize_stacks(stacks: &mut Vec<(Vec<u64>, i64)>) {
-    stacks.sort_unstable_by(|left, right| left.0.cmp(&right.0));
-    stacks.dedup_by(|later, kept| {
-        if later.0 == kept.0 {
-            kept.1 = kept.1.wrapping_add(later.1);
-            true
-        } else {
-            false
+/// The union of content-addressed records by id, sorted by id, from lists that are
+/// each sorted by id without duplicates. The same id with different content means
+/// corrupt data (an error, whatever the order), as does a list out of order.
+fn union_records<T: PartialEq>(
+    kind: &str,
+    mut lists: Vec<Vec<(u64, T)>>,
+) -> Result<Vec<(u64, T)>, NodeError> {
+    for list in &lists {
+        if list.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
+            return Err(NodeError::Corrupt(format!(
+                "a group's {kind} records are not in ascending order"
+            )));
         }
-    });
-    stacks.retain(|(_, value)| *value != 0);
-}
-
-/// The union of content-addressed records by id, sorted by id. The same id with
-/// different content means corrupt data (an error, whatever the order).
-fn union_records<T: PartialEq>(kind: &str, lists: Vec<Vec<(u64, T)>>) -> Result<Vec<(u64, T)>, NodeError> {
-    let mut all: Vec<(u64, T)> = lists.into_iter().flatten().collect();
-    all.sort_unstable_by_key(|(id, _)| *id);
-    let mut union: Vec<(u64, T)> = Vec::with_capacity(all.len());
-    for (id, record) in all {
-        match union.last() {
+    }
+    if lists.len() == 1 {
+        return Ok(lists.pop().unwrap_or_default());
+    }
+    let mut union: Vec<(u64, T)> = Vec::with_capacity(lists.iter().map(Vec::len).max().unwrap_or(0));
+    let mut conflict = None;
+    merge_ascending_runs(
+        lists.into_iter().map(Vec::into_iter).collect(),
+        |(id, _)| *id,
+        |(id, record)| match union.last() {
             Some((last, kept)) if *last == id => {
                 if *kept != record {
-                    return Err(NodeError::Corrupt(format!(
-                        "{kind} {id:#x} has different content in different groups"
-                    )));
+                    conflict = Some(id);
                 }
             }
             _ => union.push((id, record)),
-        }
+        },
+    );
+    if let Some(id) = conflict {
+        return Err(NodeError::Corrupt(format!(
+            "{kind} {id:#x} has different content in different groups"
+        )));
     }
     Ok(union)
 }
 
 /// Every partial of one selection combined: canonical stacks and decoded symbols.
 struct Combined {
-    stacks: Vec<(Vec<u64>, i64)>,
+    stacks: StackSet,
     symbols: ResolvedSymbols,
     profiles: u64,
     series: u64,
 }
 
 fn combine(profile_type: &ProfileType, parts: Vec<MergePartial>) -> Result<Combined, NodeError> {
-    let mut stacks = Vec::with_capacity(parts.iter().map(|part| part.stacks.len()).sum());
+    let mut stacks = Vec::with_capacity(parts.len());
     let (mut locations, mut functions, mut mappings, mut strings) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut profiles, mut series) = (0u64, 0u64);
@@ -380,7 +434,15 @@ fn combine(profile_type: &ProfileType, parts: Vec<MergePartial>) -> Result<Combi
                 profile_type.id()
             )));
         }
-        stacks.extend(part.stacks);
+        if part.records == PartialRecords::Omitted {
+            return Err(NodeError::Internal(
+                "a merge partial without its symbol records reached the combine".into(),
+            ));
+        }
+        part.stacks
+            .check()
+            .map_err(|problem| NodeError::Corrupt(format!("a group's merge partial: {problem}")))?;
+        stacks.push(part.stacks);
         locations.push(part.locations);
         functions.push(part.functions);
         mappings.push(part.mappings);
@@ -388,7 +450,6 @@ fn combine(profile_type: &ProfileType, parts: Vec<MergePartial>) -> Result<Combi
         profiles = profiles.saturating_add(part.profiles);
         series = series.saturating_add(part.series);
     }
-    normalize_stacks(&mut stacks);
     let records = SymbolRecords {
         locations: union_records("location", locations)?,
         functions: union_records("function", functions)?,
@@ -396,7 +457,7 @@ fn combine(profile_type: &ProfileType, parts: Vec<MergePartial>) -> Result<Combi
         strings: union_records("string", strings)?,
     };
     Ok(Combined {
-        stacks,
+        stacks: StackSet::merge(stacks),
         symbols: ResolvedSymbols::decode(records)?,
         profiles,
         series,
@@ -796,7 +857,7 @@ mod tests {
         fn partial(&self, stacks: &[(Vec<usize>, i64)], profiles: u64, series: u64) -> MergePartial {
             let stacks = self.stacks(stacks);
             let records = self.records(&stacks);
-            MergePartial::new(cpu(), stacks, records, profiles, series)
+            MergePartial::new(cpu(), StackSet::from_pairs(stacks), records, profiles, series)
         }
 
         /// Folded text computed directly from the stacks.

@@ -8,6 +8,7 @@ use kiln_model::profile_type::ProfileType;
 use kiln_proto::pprof as wire;
 use prost::Message;
 
+use super::stacks::StackSet;
 use super::symbolize::ResolvedSymbols;
 use crate::error::NodeError;
 
@@ -35,12 +36,12 @@ impl StringTable {
     }
 }
 
-/// Builds the gzipped pprof of `(location ids leaf first, value)` pairs, one sample
-/// per pair in the given order. A location missing from `symbols` is an error.
+/// Builds the gzipped pprof of `stacks`, one sample per stack in the set's order. A
+/// location missing from `symbols` is an error.
 pub fn export_pprof(
     profile_type: &ProfileType,
     symbols: &ResolvedSymbols,
-    stacks: &[(Vec<u64>, i64)],
+    stacks: &StackSet,
     start_unix_ms: i64,
     end_unix_ms: i64,
 ) -> Result<Vec<u8>, NodeError> {
@@ -63,7 +64,7 @@ pub fn export_pprof(
     let mut mapping_ids: HashMap<u64, u64> = HashMap::new();
     let mut function_ids: HashMap<u64, u64> = HashMap::new();
     let mut location_ids: HashMap<u64, u64> = HashMap::new();
-    for (stack, value) in stacks {
+    for (stack, value) in stacks.iter() {
         let mut sample_locations = Vec::with_capacity(stack.len());
         for location_key in stack.iter() {
             if let Some(id) = location_ids.get(location_key) {
@@ -142,7 +143,7 @@ pub fn export_pprof(
         }
         profile.sample.push(wire::Sample {
             location_id: sample_locations,
-            value: vec![*value],
+            value: vec![value],
             label: vec![],
         });
     }

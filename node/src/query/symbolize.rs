@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use kiln_model::tree::{Frame, StackTree};
 
+use super::stacks::{merge_ascending_runs, StackSet};
 use crate::error::NodeError;
 use crate::storage::keys::{GroupId, SymbolKind};
 use crate::storage::symbols::{StoredFunction, StoredLocation, StoredMapping};
@@ -41,76 +42,179 @@ pub struct SymbolRecords {
     pub strings: Vec<(u64, String)>,
 }
 
-fn sorted_unique(mut ids: Vec<u64>) -> Vec<u64> {
-    ids.sort_unstable();
-    ids.dedup();
-    ids
+/// A symbol record that a stack or another record refers to and that the group asked
+/// for does not hold (see [`SymbolRecords::load_available`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissingSymbol {
+    /// The group that was asked.
+    pub group: GroupId,
+    /// The record's kind.
+    pub kind: SymbolKind,
+    /// The record's content id.
+    pub id: u64,
+}
+
+impl std::fmt::Display for MissingSymbol {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "symbol {:?} {:#x} is referenced but not stored in group {}",
+            self.kind, self.id, self.group
+        )
+    }
+}
+
+/// `(content id, group that holds it)`, sorted by id, each id once (the first group
+/// that named it).
+fn unique_ids_with_group(mut wanted: Vec<(u64, GroupId)>) -> Vec<(u64, GroupId)> {
+    wanted.sort_by_key(|(id, _)| *id);
+    wanted.dedup_by_key(|(id, _)| *id);
+    wanted
+}
+
+/// The records of `kind` for `wanted` (sorted, unique ids), read from the group named
+/// with each id, in `wanted`'s order; the first missing one is reported.
+fn read_records(
+    storage: &Storage,
+    kind: SymbolKind,
+    wanted: &[(u64, GroupId)],
+) -> Result<Result<Vec<Vec<u8>>, MissingSymbol>, NodeError> {
+    let mut records: Vec<Option<Vec<u8>>> = vec![None; wanted.len()];
+    let mut groups: Vec<GroupId> = wanted.iter().map(|(_, group)| *group).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    for group in groups {
+        let positions: Vec<usize> = (0..wanted.len())
+            .filter(|index| wanted[*index].1 == group)
+            .collect();
+        let ids: Vec<u64> = positions.iter().map(|index| wanted[*index].0).collect();
+        for (position, record) in positions
+            .into_iter()
+            .zip(storage.symbols_available(group, kind, &ids)?)
+        {
+            records[position] = record;
+        }
+    }
+    let mut found = Vec::with_capacity(records.len());
+    for ((id, group), record) in wanted.iter().zip(records) {
+        match record {
+            Some(bytes) => found.push(bytes),
+            None => {
+                return Ok(Err(MissingSymbol {
+                    group: *group,
+                    kind,
+                    id: *id,
+                }))
+            }
+        }
+    }
+    Ok(Ok(found))
 }
 
 impl SymbolRecords {
     /// Loads, with batched reads, every record reachable from `location_ids` (in any
-    /// order, duplicates allowed). A referenced record that is not stored, or one that
-    /// does not decode, is an error.
+    /// order, duplicates allowed) of `group`. A referenced record that is not stored,
+    /// or one that does not decode, is an error.
     pub fn load(
         storage: &Storage,
         group: GroupId,
-        location_ids: Vec<u64>,
+        mut location_ids: Vec<u64>,
     ) -> Result<SymbolRecords, NodeError> {
-        let location_ids = sorted_unique(location_ids);
+        location_ids.sort_unstable();
+        location_ids.dedup();
+        Self::load_available(storage, vec![(group, location_ids)])?
+            .map_err(|missing| NodeError::Corrupt(missing.to_string()))
+    }
+
+    /// Loads every record reachable from the locations of `wanted`: per group, the
+    /// location ids its stacks name (ascending, each once). Each record is read from a
+    /// group that refers to it (content-addressed, so a record that several groups
+    /// hold is read once). A record that is not stored is reported as
+    /// [`MissingSymbol`], so that a reader of a replica that may lag can ask the
+    /// group's leader instead; one that does not decode is an error.
+    pub fn load_available(
+        storage: &Storage,
+        wanted: Vec<(GroupId, Vec<u64>)>,
+    ) -> Result<Result<SymbolRecords, MissingSymbol>, NodeError> {
+        // The lists may come from peers, and the merge below needs them ascending.
+        if let Some((group, _)) = wanted
+            .iter()
+            .find(|(_, ids)| ids.windows(2).any(|pair| pair[0] >= pair[1]))
+        {
+            return Err(NodeError::Corrupt(format!(
+                "group {group}'s location ids are not ascending"
+            )));
+        }
+        let mut location_ids: Vec<(u64, GroupId)> =
+            Vec::with_capacity(wanted.iter().map(|(_, ids)| ids.len()).max().unwrap_or(0));
+        merge_ascending_runs(
+            wanted
+                .iter()
+                .map(|(group, ids)| ids.iter().map(move |id| (*id, *group)))
+                .collect(),
+            |(id, _)| *id,
+            |(id, group)| {
+                if location_ids.last().is_none_or(|(last, _)| *last != id) {
+                    location_ids.push((id, group));
+                }
+            },
+        );
+        let stored_locations = match read_records(storage, SymbolKind::Location, &location_ids)? {
+            Ok(records) => records,
+            Err(missing) => return Ok(Err(missing)),
+        };
         let mut function_ids = Vec::new();
         let mut mapping_ids = Vec::new();
         let mut locations = Vec::with_capacity(location_ids.len());
-        for (id, bytes) in
-            location_ids
-                .iter()
-                .zip(storage.symbols(group, SymbolKind::Location, &location_ids)?)
-        {
+        for ((id, group), bytes) in location_ids.iter().zip(stored_locations) {
             let location = StoredLocation::decode(&bytes)?;
-            function_ids.extend(location.lines.iter().map(|line| line.function));
+            function_ids.extend(location.lines.iter().map(|line| (line.function, *group)));
             if location.mapping != 0 {
-                mapping_ids.push(location.mapping);
+                mapping_ids.push((location.mapping, *group));
             }
             locations.push((*id, bytes));
         }
-        let function_ids = sorted_unique(function_ids);
-        let mapping_ids = sorted_unique(mapping_ids);
+        let function_ids = unique_ids_with_group(function_ids);
+        let mapping_ids = unique_ids_with_group(mapping_ids);
+        let stored_functions = match read_records(storage, SymbolKind::Function, &function_ids)? {
+            Ok(records) => records,
+            Err(missing) => return Ok(Err(missing)),
+        };
         let mut string_ids = Vec::new();
         let mut functions = Vec::with_capacity(function_ids.len());
-        for (id, bytes) in
-            function_ids
-                .iter()
-                .zip(storage.symbols(group, SymbolKind::Function, &function_ids)?)
-        {
+        for ((id, group), bytes) in function_ids.iter().zip(stored_functions) {
             let function = StoredFunction::decode(&bytes)?;
-            string_ids.extend([function.name, function.system_name, function.filename]);
+            string_ids
+                .extend([function.name, function.system_name, function.filename].map(|id| (id, *group)));
             functions.push((*id, bytes));
         }
+        let stored_mappings = match read_records(storage, SymbolKind::Mapping, &mapping_ids)? {
+            Ok(records) => records,
+            Err(missing) => return Ok(Err(missing)),
+        };
         let mut mappings = Vec::with_capacity(mapping_ids.len());
-        for (id, bytes) in
-            mapping_ids
-                .iter()
-                .zip(storage.symbols(group, SymbolKind::Mapping, &mapping_ids)?)
-        {
+        for ((id, group), bytes) in mapping_ids.iter().zip(stored_mappings) {
             let mapping = StoredMapping::decode(&bytes)?;
-            string_ids.extend([mapping.filename, mapping.build_id]);
+            string_ids.extend([mapping.filename, mapping.build_id].map(|id| (id, *group)));
             mappings.push((*id, bytes));
         }
-        let string_ids = sorted_unique(string_ids);
+        let string_ids = unique_ids_with_group(string_ids);
+        let stored_strings = match read_records(storage, SymbolKind::String, &string_ids)? {
+            Ok(records) => records,
+            Err(missing) => return Ok(Err(missing)),
+        };
         let mut strings = Vec::with_capacity(string_ids.len());
-        for (id, bytes) in string_ids
-            .iter()
-            .zip(storage.symbols(group, SymbolKind::String, &string_ids)?)
-        {
+        for ((id, _), bytes) in string_ids.iter().zip(stored_strings) {
             let text = String::from_utf8(bytes)
                 .map_err(|error| NodeError::Corrupt(format!("string {id:#x}: {error}")))?;
             strings.push((*id, text));
         }
-        Ok(SymbolRecords {
+        Ok(Ok(SymbolRecords {
             locations,
             functions,
             mappings,
             strings,
-        })
+        }))
     }
 }
 
@@ -200,14 +304,10 @@ impl ResolvedSymbols {
         }))
     }
 
-    /// Builds the stack tree of `(location ids leaf first, value)` pairs. Frames are
-    /// interned in the order of `stacks`, so equal inputs give equal trees.
-    pub fn build_location_tree(&self, stacks: &[(Vec<u64>, i64)]) -> StackTree {
-        self.tree_of(
-            stacks
-                .iter()
-                .map(|(locations, value)| (locations.as_slice(), *value)),
-        )
+    /// Builds the stack tree of `stacks`. Frames are interned in the set's order, so
+    /// equal sets give equal trees.
+    pub fn build_location_tree(&self, stacks: &StackSet) -> StackTree {
+        self.tree_of(stacks.iter())
     }
 
     fn tree_of<'a>(&self, stacks: impl Iterator<Item = (&'a [u64], i64)>) -> StackTree {

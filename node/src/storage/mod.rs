@@ -418,9 +418,16 @@ impl Storage {
         Ok(result.into_iter().flatten().collect())
     }
 
-    /// Raw symbol records of one kind, by content id; missing ids are an error
-    /// (every referenced symbol is written in the same batch as its referrer).
-    pub fn symbols(&self, group: GroupId, kind: SymbolKind, ids: &[u64]) -> Result<Vec<Vec<u8>>, NodeError> {
+    /// Raw symbol records of one kind stored in `group`, by content id; `None` for an
+    /// id the group does not hold (yet: a follower that has not applied the write, or
+    /// no longer: retention). Content-addressed, so a record cached from any group is
+    /// the one `group` would return.
+    pub fn symbols_available(
+        &self,
+        group: GroupId,
+        kind: SymbolKind,
+        ids: &[u64],
+    ) -> Result<Vec<Option<Vec<u8>>>, NodeError> {
         let mut result: Vec<Option<Vec<u8>>> = ids
             .iter()
             .map(|id| {
@@ -430,25 +437,22 @@ impl Storage {
             })
             .collect();
         let missing: Vec<usize> = (0..ids.len()).filter(|index| result[*index].is_none()).collect();
-        if !missing.is_empty() {
-            let symbol_keys: Vec<Vec<u8>> = missing
-                .iter()
-                .map(|index| keys::symbol_key(group, kind, ids[*index]))
-                .collect();
-            let values = self.multi_get(keys::CF_SYMBOLS, &symbol_keys)?;
-            for (index, value) in missing.into_iter().zip(values) {
-                let Some(bytes) = value else {
-                    return Err(NodeError::Corrupt(format!(
-                        "symbol {kind:?} {:#x} is referenced but not stored",
-                        ids[index]
-                    )));
-                };
+        if missing.is_empty() {
+            return Ok(result);
+        }
+        let symbol_keys: Vec<Vec<u8>> = missing
+            .iter()
+            .map(|index| keys::symbol_key(group, kind, ids[*index]))
+            .collect();
+        let values = self.multi_get(keys::CF_SYMBOLS, &symbol_keys)?;
+        for (index, value) in missing.into_iter().zip(values) {
+            if let Some(bytes) = value {
                 self.symbol_cache
                     .insert((kind as u8, ids[index]), Arc::from(bytes.as_slice()));
                 result[index] = Some(bytes);
             }
         }
-        Ok(result.into_iter().flatten().collect())
+        Ok(result)
     }
 
     /// Flushes memtables (used at shutdown so the next start replays little WAL).
