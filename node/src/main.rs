@@ -11,6 +11,9 @@ use kiln_node::cluster::ClusterConfig;
 use kiln_node::{NodeConfig, NodeState};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A Kiln storage node: ingests profiles and answers queries on one port (gRPC,
 /// HTTP JSON API, /metrics, /healthz).
 #[derive(Debug, Parser)]
