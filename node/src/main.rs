@@ -11,6 +11,10 @@ use kiln_node::cluster::ClusterConfig;
 use kiln_node::{NodeConfig, NodeState};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc rather than glibc's malloc: under glibc the same merge of the same data took up to
+/// 60% longer in some node processes than in others (the tree build and its rendering, which
+/// allocate most), which made the fan-out merge's latency a matter of luck; with jemalloc the
+/// spread mostly went (BENCHMARKS.md, "Cluster", sixth session).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
