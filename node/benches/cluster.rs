@@ -85,7 +85,7 @@ impl NodeProcess {
 
     /// User + system CPU seconds the process used so far.
     fn cpu_seconds(&self) -> f64 {
-        process_cpu_seconds(&self.child.id().to_string())
+        report::pid_cpu(self.child.id()).seconds
     }
 }
 
@@ -117,23 +117,6 @@ fn boot_seconds() -> f64 {
         .ok()
         .and_then(|uptime| uptime.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// User + system CPU seconds that process `pid` (or `self`) used so far; 0 when unreadable.
-fn process_cpu_seconds(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces) start after ')'.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|index| fields.get(*index).and_then(|field| field.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0
 }
 
 impl Drop for NodeProcess {
@@ -360,7 +343,7 @@ fn run_deployment(topology: &Topology, parent: &Path, workload: &Workload) -> De
     let warm_up_outcomes = runtime.block_on(send_requests(&seeds, clients, warm_up));
     let warm_up_wall = warm_up_started.elapsed();
     let cpu_before: f64 = processes.iter().map(NodeProcess::cpu_seconds).sum();
-    let client_cpu_before = process_cpu_seconds("self");
+    let client_cpu_before = report::process_cpu().seconds;
     let started = Instant::now();
     let timed_from = boot_seconds();
     let outcomes = runtime.block_on(send_requests(&seeds, clients, timed_requests));
@@ -372,7 +355,7 @@ fn run_deployment(topology: &Topology, parent: &Path, workload: &Workload) -> De
         boot_seconds()
     );
     let node_cpu_seconds = processes.iter().map(NodeProcess::cpu_seconds).sum::<f64>() - cpu_before;
-    let client_cpu_seconds = process_cpu_seconds("self") - client_cpu_before;
+    let client_cpu_seconds = report::process_cpu().seconds - client_cpu_before;
     let settled_after = wait_until_idle(&processes);
     eprintln!(
         "{name}: nodes idle {} ms after the last acknowledgement",

@@ -169,6 +169,15 @@ pub fn process_cpu() -> CpuTime {
         .unwrap_or_default()
 }
 
+/// CPU time of process `pid` (live and exited threads); zero when it cannot be read.
+pub fn pid_cpu(pid: u32) -> CpuTime {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|text| parse_stat(&text))
+        .map(|(_, cpu)| cpu)
+        .unwrap_or_default()
+}
+
 /// Busy CPU seconds of the whole machine, all processes (from `/proc/stat`).
 pub fn machine_busy_cpu() -> CpuTime {
     let Ok(text) = std::fs::read_to_string("/proc/stat") else {
