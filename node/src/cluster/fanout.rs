@@ -69,6 +69,33 @@ macro_rules! answers_of {
     };
 }
 
+/// `coverage` when no group is missing or the caller allows a partial answer; else an
+/// error naming every missing group and why.
+fn complete_or_allowed(coverage: api::Coverage, allow_partial: bool) -> Result<api::Coverage, NodeError> {
+    if coverage.missing.is_empty() || allow_partial {
+        return Ok(coverage);
+    }
+    let named: Vec<String> = coverage
+        .missing
+        .iter()
+        .map(|missing| format!("group {} ({})", missing.group_id, missing.reason))
+        .collect();
+    Err(NodeError::Unavailable(format!(
+        "{} of {} groups could not answer: {}; ask for a partial answer (--partial) to get the rest",
+        coverage.missing.len(),
+        coverage.groups_total,
+        named.join("; ")
+    )))
+}
+
+/// The merge partial in a group's answer to a merge query.
+fn merge_partial_of(answer: GroupAnswer) -> Result<MergePartial, NodeError> {
+    match answer {
+        GroupAnswer::Merge(part) => Ok(*part),
+        other => Err(NodeError::Internal(format!("a group answered {other:?}"))),
+    }
+}
+
 /// Pause before a group query is tried again after every attempt in flight failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Most leader redirects one attempt follows.
@@ -228,6 +255,21 @@ impl Cluster {
             ));
         }
         let groups: Vec<GroupId> = view.data_groups().collect();
+        let (answers, missing) = self.ask_groups(&groups, query_for).await?;
+        let coverage = api::Coverage {
+            groups_total: groups.len() as u32,
+            missing,
+        };
+        Ok((answers, complete_or_allowed(coverage, allow_partial)?))
+    }
+
+    /// Sends `query_for(group)` to each of `groups`: the answers with the group that gave
+    /// each, and the groups that could not answer, with why. Only an invalid query fails.
+    async fn ask_groups(
+        &self,
+        groups: &[GroupId],
+        query_for: impl Fn(GroupId) -> GroupQuery,
+    ) -> Result<(Vec<(GroupId, GroupAnswer)>, Vec<api::MissingGroup>), NodeError> {
         let asks = groups.iter().map(|group| {
             let query = query_for(*group);
             async move { (*group, self.query_group(*group, &query).await) }
@@ -246,25 +288,7 @@ impl Cluster {
             }
         }
         self.metrics.fanout_missing_groups.inc_by(missing.len() as u64);
-        if !missing.is_empty() && !allow_partial {
-            let named: Vec<String> = missing
-                .iter()
-                .map(|missing| format!("group {} ({})", missing.group_id, missing.reason))
-                .collect();
-            return Err(NodeError::Unavailable(format!(
-                "{} of {} groups could not answer: {}; ask for a partial answer (--partial) to get the rest",
-                missing.len(),
-                groups.len(),
-                named.join("; ")
-            )));
-        }
-        Ok((
-            answers,
-            api::Coverage {
-                groups_total: groups.len() as u32,
-                missing,
-            },
-        ))
+        Ok((answers, missing))
     }
 
     /// Every group's merge partial of `selection`, each with the symbol records its
@@ -295,10 +319,7 @@ impl Cluster {
             .await?;
         let mut parts: Vec<(GroupId, MergePartial)> = answers
             .into_iter()
-            .map(|(group, answer)| match answer {
-                GroupAnswer::Merge(part) => Ok((group, *part)),
-                other => Err(NodeError::Internal(format!("a group answered {other:?}"))),
-            })
+            .map(|(group, answer)| Ok((group, merge_partial_of(answer)?)))
             .collect::<Result<_, NodeError>>()?;
         let wanted: Vec<(GroupId, Vec<u64>)> = parts
             .iter_mut()
@@ -327,30 +348,14 @@ impl Cluster {
                     .map(|(group, _)| *group)
                     .collect();
                 self.metrics.fanout_record_refetches.inc_by(omitted.len() as u64);
-                let again = futures::future::join_all(omitted.iter().map(|group| {
-                    let query = query_for(PartialRecords::Included);
-                    async move { (*group, self.query_group(*group, &query).await) }
-                }))
-                .await;
+                let (again, missing_again) = self
+                    .ask_groups(&omitted, |_| query_for(PartialRecords::Included))
+                    .await?;
+                coverage.missing.extend(missing_again);
+                coverage = complete_or_allowed(coverage, allow_partial)?;
                 parts.retain(|(_, part)| part.records == PartialRecords::Included);
-                for (group, result) in again {
-                    match result {
-                        Ok(GroupAnswer::Merge(part)) => parts.push((group, *part)),
-                        Ok(other) => return Err(NodeError::Internal(format!("a group answered {other:?}"))),
-                        Err(Failure::Invalid(message)) => return Err(NodeError::InvalidArgument(message)),
-                        Err(failure) if allow_partial => {
-                            self.metrics.fanout_missing_groups.inc();
-                            coverage.missing.push(api::MissingGroup {
-                                group_id: u64::from(group),
-                                reason: failure.to_string(),
-                            });
-                        }
-                        Err(failure) => {
-                            return Err(NodeError::Unavailable(format!(
-                                "group {group} ({failure}) could not answer; ask for a partial answer (--partial) to get the rest"
-                            )))
-                        }
-                    }
+                for (group, answer) in again {
+                    parts.push((group, merge_partial_of(answer)?));
                 }
             }
         }
