@@ -72,13 +72,27 @@ fn unique_ids_with_group(mut wanted: Vec<(u64, GroupId)>) -> Vec<(u64, GroupId)>
     wanted
 }
 
+/// Why [`SymbolRecords::load_available`] stopped early.
+enum LoadStop {
+    /// A referenced record is not stored (reported to the caller, not an error).
+    Missing(MissingSymbol),
+    /// Reading or decoding failed.
+    Failed(NodeError),
+}
+
+impl From<NodeError> for LoadStop {
+    fn from(error: NodeError) -> Self {
+        LoadStop::Failed(error)
+    }
+}
+
 /// The records of `kind` for `wanted` (sorted, unique ids), read from the group named
 /// with each id, in `wanted`'s order; the first missing one is reported.
 fn read_records(
     storage: &Storage,
     kind: SymbolKind,
     wanted: &[(u64, GroupId)],
-) -> Result<Result<Vec<Vec<u8>>, MissingSymbol>, NodeError> {
+) -> Result<Vec<Vec<u8>>, LoadStop> {
     let mut records: Vec<Option<Vec<u8>>> = vec![None; wanted.len()];
     let mut groups: Vec<GroupId> = wanted.iter().map(|(_, group)| *group).collect();
     groups.sort_unstable();
@@ -100,7 +114,7 @@ fn read_records(
         match record {
             Some(bytes) => found.push(bytes),
             None => {
-                return Ok(Err(MissingSymbol {
+                return Err(LoadStop::Missing(MissingSymbol {
                     group: *group,
                     kind,
                     id: *id,
@@ -108,7 +122,7 @@ fn read_records(
             }
         }
     }
-    Ok(Ok(found))
+    Ok(found)
 }
 
 impl SymbolRecords {
@@ -136,14 +150,20 @@ impl SymbolRecords {
         storage: &Storage,
         wanted: Vec<(GroupId, Vec<u64>)>,
     ) -> Result<Result<SymbolRecords, MissingSymbol>, NodeError> {
+        match Self::load_or_stop(storage, wanted) {
+            Ok(records) => Ok(Ok(records)),
+            Err(LoadStop::Missing(missing)) => Ok(Err(missing)),
+            Err(LoadStop::Failed(error)) => Err(error),
+        }
+    }
+
+    fn load_or_stop(storage: &Storage, wanted: Vec<(GroupId, Vec<u64>)>) -> Result<SymbolRecords, LoadStop> {
         // The lists may come from peers, and the merge below needs them ascending.
         if let Some((group, _)) = wanted
             .iter()
             .find(|(_, ids)| ids.windows(2).any(|pair| pair[0] >= pair[1]))
         {
-            return Err(NodeError::Corrupt(format!(
-                "group {group}'s location ids are not ascending"
-            )));
+            return Err(NodeError::Corrupt(format!("group {group}'s location ids are not ascending")).into());
         }
         let mut location_ids: Vec<(u64, GroupId)> =
             Vec::with_capacity(wanted.iter().map(|(_, ids)| ids.len()).max().unwrap_or(0));
@@ -159,10 +179,7 @@ impl SymbolRecords {
                 }
             },
         );
-        let stored_locations = match read_records(storage, SymbolKind::Location, &location_ids)? {
-            Ok(records) => records,
-            Err(missing) => return Ok(Err(missing)),
-        };
+        let stored_locations = read_records(storage, SymbolKind::Location, &location_ids)?;
         let mut function_ids = Vec::new();
         let mut mapping_ids = Vec::new();
         let mut locations = Vec::with_capacity(location_ids.len());
@@ -176,10 +193,7 @@ impl SymbolRecords {
         }
         let function_ids = unique_ids_with_group(function_ids);
         let mapping_ids = unique_ids_with_group(mapping_ids);
-        let stored_functions = match read_records(storage, SymbolKind::Function, &function_ids)? {
-            Ok(records) => records,
-            Err(missing) => return Ok(Err(missing)),
-        };
+        let stored_functions = read_records(storage, SymbolKind::Function, &function_ids)?;
         let mut string_ids = Vec::new();
         let mut functions = Vec::with_capacity(function_ids.len());
         for ((id, group), bytes) in function_ids.iter().zip(stored_functions) {
@@ -188,10 +202,7 @@ impl SymbolRecords {
                 .extend([function.name, function.system_name, function.filename].map(|id| (id, *group)));
             functions.push((*id, bytes));
         }
-        let stored_mappings = match read_records(storage, SymbolKind::Mapping, &mapping_ids)? {
-            Ok(records) => records,
-            Err(missing) => return Ok(Err(missing)),
-        };
+        let stored_mappings = read_records(storage, SymbolKind::Mapping, &mapping_ids)?;
         let mut mappings = Vec::with_capacity(mapping_ids.len());
         for ((id, group), bytes) in mapping_ids.iter().zip(stored_mappings) {
             let mapping = StoredMapping::decode(&bytes)?;
@@ -199,22 +210,19 @@ impl SymbolRecords {
             mappings.push((*id, bytes));
         }
         let string_ids = unique_ids_with_group(string_ids);
-        let stored_strings = match read_records(storage, SymbolKind::String, &string_ids)? {
-            Ok(records) => records,
-            Err(missing) => return Ok(Err(missing)),
-        };
+        let stored_strings = read_records(storage, SymbolKind::String, &string_ids)?;
         let mut strings = Vec::with_capacity(string_ids.len());
         for ((id, _), bytes) in string_ids.iter().zip(stored_strings) {
             let text = String::from_utf8(bytes)
                 .map_err(|error| NodeError::Corrupt(format!("string {id:#x}: {error}")))?;
             strings.push((*id, text));
         }
-        Ok(Ok(SymbolRecords {
+        Ok(SymbolRecords {
             locations,
             functions,
             mappings,
             strings,
-        }))
+        })
     }
 }
 
