@@ -196,6 +196,11 @@ pub fn merge_ascending_runs<I: Iterator, K: Ord>(
     key: impl Fn(&I::Item) -> K,
     mut visit: impl FnMut(I::Item),
 ) {
+    // One run (a single group's load, the common case) needs no heap.
+    if runs.len() == 1 {
+        runs.pop().into_iter().flatten().for_each(visit);
+        return;
+    }
     let mut heap = BinaryHeap::with_capacity(runs.len());
     for (run, iterator) in runs.iter_mut().enumerate() {
         if let Some(item) = iterator.next() {
@@ -251,36 +256,25 @@ mod tests {
 
     #[test]
     fn check_rejects_sets_that_are_not_canonical() {
-        let unsorted = StackSet {
-            locations: vec![2, 1],
-            ends: vec![1, 2],
-            values: vec![1, 1],
+        let raw = |locations: &[u64], ends: &[usize], values: &[i64]| StackSet {
+            locations: locations.to_vec(),
+            ends: ends.to_vec(),
+            values: values.to_vec(),
         };
-        assert!(unsorted.check().is_err());
-        let end_past_ids = StackSet {
-            locations: vec![1],
-            ends: vec![2],
-            values: vec![1],
-        };
-        assert!(end_past_ids.check().is_err());
-        let ids_after_last = StackSet {
-            locations: vec![1, 2],
-            ends: vec![1],
-            values: vec![1],
-        };
-        assert!(ids_after_last.check().is_err());
-        let zero = StackSet {
-            locations: vec![1],
-            ends: vec![1],
-            values: vec![0],
-        };
-        assert!(zero.check().is_err());
-        let missing_value = StackSet {
-            locations: vec![1],
-            ends: vec![1],
-            values: vec![],
-        };
-        assert!(missing_value.check().is_err());
+        let unsorted = raw(&[2, 1], &[1, 2], &[1, 1]);
+        let end_past_ids = raw(&[1], &[2], &[1]);
+        let ids_after_last = raw(&[1, 2], &[1], &[1]);
+        let zero = raw(&[1], &[1], &[0]);
+        let missing_value = raw(&[1], &[1], &[]);
+        for (name, set) in [
+            ("unsorted", unsorted),
+            ("end past the ids", end_past_ids),
+            ("ids after the last end", ids_after_last),
+            ("zero value", zero),
+            ("missing value", missing_value),
+        ] {
+            assert!(set.check().is_err(), "{name} passed the check");
+        }
     }
 
     fn stacks() -> impl Strategy<Value = Vec<(Vec<u64>, i64)>> {
