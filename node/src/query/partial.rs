@@ -33,6 +33,7 @@ use super::{
     truncation_to_api, TimeRange,
 };
 use crate::error::NodeError;
+use crate::storage::symbols::ContentIdHash;
 
 /// Serde for `(id, record bytes)` lists as byte strings: bincode then copies each
 /// record whole instead of visiting it byte by byte (partials carry megabytes).
@@ -134,12 +135,14 @@ impl MergePartial {
         profiles: u64,
         series: u64,
     ) -> MergePartial {
-        let mut location_ids: Vec<u64> = stacks
+        // Stacks name the same locations many times over; dedup before the sort, with the
+        // hasher for content ids, so that only the distinct ids are sorted.
+        let distinct: std::collections::HashSet<u64, ContentIdHash> = stacks
             .iter()
             .flat_map(|(stack, _)| stack.iter().copied())
             .collect();
+        let mut location_ids: Vec<u64> = distinct.into_iter().collect();
         location_ids.sort_unstable();
-        location_ids.dedup();
         MergePartial {
             records: PartialRecords::Omitted,
             location_ids,
@@ -1054,6 +1057,14 @@ mod tests {
             finish_merge(&request, vec![part], complete(1)),
             Err(NodeError::Internal(_))
         ));
+    }
+
+    #[test]
+    fn a_partial_without_records_lists_each_location_once_ascending() {
+        let stacks = StackSet::from_pairs([(vec![9u64, 3, 5], 1), (vec![5, 3], 2), (vec![7, 9], 4)]);
+        let partial = MergePartial::without_records(cpu(), stacks, 3, 1);
+        assert_eq!(partial.records, PartialRecords::Omitted);
+        assert_eq!(partial.location_ids, vec![3, 5, 7, 9]);
     }
 
     #[test]

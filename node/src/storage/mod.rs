@@ -126,9 +126,13 @@ impl<K: std::hash::Hash + Eq, V: Clone> ImmutableCache<K, V> {
         }
     }
 
-    /// The cached value, if any.
-    pub fn get(&self, key: K) -> Option<V> {
-        self.entries.lock().get(&key).cloned()
+    /// The cached value of each key, in order, under one lock.
+    ///
+    /// Why one lock: a merge looks up thousands of stacks, and the groups of a fan-out look
+    /// theirs up at the same time; a lock per key made them wait on each other.
+    pub fn get_many(&self, keys: impl IntoIterator<Item = K>) -> Vec<Option<V>> {
+        let entries = self.entries.lock();
+        keys.into_iter().map(|key| entries.get(&key).cloned()).collect()
     }
 
     /// Caches a value.
@@ -391,10 +395,8 @@ impl Storage {
 
     /// Location ids of dense stacks, through the stack cache.
     pub fn stacks(&self, group: GroupId, stack_ids: &[u64]) -> Result<Vec<Arc<[u64]>>, NodeError> {
-        let mut result: Vec<Option<Arc<[u64]>>> = stack_ids
-            .iter()
-            .map(|id| self.stack_cache.get((group, *id)))
-            .collect();
+        let mut result: Vec<Option<Arc<[u64]>>> =
+            self.stack_cache.get_many(stack_ids.iter().map(|id| (group, *id)));
         let missing: Vec<usize> = (0..stack_ids.len())
             .filter(|index| result[*index].is_none())
             .collect();
@@ -428,13 +430,11 @@ impl Storage {
         kind: SymbolKind,
         ids: &[u64],
     ) -> Result<Vec<Option<Vec<u8>>>, NodeError> {
-        let mut result: Vec<Option<Vec<u8>>> = ids
-            .iter()
-            .map(|id| {
-                self.symbol_cache
-                    .get((kind as u8, *id))
-                    .map(|bytes| bytes.to_vec())
-            })
+        let mut result: Vec<Option<Vec<u8>>> = self
+            .symbol_cache
+            .get_many(ids.iter().map(|id| (kind as u8, *id)))
+            .into_iter()
+            .map(|cached| cached.map(|bytes| bytes.to_vec()))
             .collect();
         let missing: Vec<usize> = (0..ids.len()).filter(|index| result[*index].is_none()).collect();
         if missing.is_empty() {
@@ -483,6 +483,16 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn immutable_cache_answers_each_key_in_order_and_clears_when_full() {
+        let cache: ImmutableCache<u64, &str> = ImmutableCache::new(2);
+        cache.insert(1, "one");
+        cache.insert(2, "two");
+        assert_eq!(cache.get_many([2, 3, 1]), vec![Some("two"), None, Some("one")]);
+        cache.insert(3, "three");
+        assert_eq!(cache.get_many([1, 2, 3]), vec![None, None, Some("three")]);
+    }
 
     #[test]
     fn series_records_round_trip() {
