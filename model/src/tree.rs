@@ -83,13 +83,84 @@ pub enum TreeError {
     Malformed(String),
 }
 
+/// Stacks as root-first frame paths (indices into a [`StackTree`]'s frames) with their
+/// values, in one flat buffer: the input of [`StackTree::add_paths`].
+#[derive(Debug, Clone, Default)]
+pub struct FramePaths {
+    frames: Vec<u32>,
+    ends: Vec<usize>,
+    values: Vec<i64>,
+}
+
+impl FramePaths {
+    /// Room for `paths` paths of `frames` frames in all, without reallocating.
+    pub fn with_capacity(paths: usize, frames: usize) -> FramePaths {
+        FramePaths {
+            frames: Vec::with_capacity(frames),
+            ends: Vec::with_capacity(paths),
+            values: Vec::with_capacity(paths),
+        }
+    }
+
+    /// Appends frames (root first) to the path being built.
+    pub fn extend_path(&mut self, root_first_frames: &[u32]) {
+        self.frames.extend_from_slice(root_first_frames);
+    }
+
+    /// Ends the path being built (possibly empty: the stack then counts at the root)
+    /// with its value.
+    pub fn end_path(&mut self, value: i64) {
+        self.ends.push(self.frames.len());
+        self.values.push(value);
+    }
+
+    /// Number of ended paths.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether no path has been ended.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    fn path(&self, index: usize) -> &[u32] {
+        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        &self.frames[start..self.ends[index]]
+    }
+}
+
+/// Every node's children of a [`StackTree`], in one buffer ([`StackTree::children`]).
+#[derive(Debug, Clone)]
+pub struct Children {
+    /// Where each node's children start in `children`; one more entry than nodes.
+    starts: Vec<usize>,
+    children: Vec<u32>,
+}
+
+impl Children {
+    /// The children of `node`, in frame order; empty for a node that is not in the tree.
+    pub fn of(&self, node: u32) -> &[u32] {
+        let node = node as usize;
+        match (self.starts.get(node), self.starts.get(node + 1)) {
+            (Some(start), Some(end)) => &self.children[*start..*end],
+            _ => &[],
+        }
+    }
+}
+
 /// A merged stack tree. Node 0 is the root. Parents always precede their children.
 #[derive(Debug, Clone)]
 pub struct StackTree {
     frames: Vec<Frame>,
     frame_index: HashMap<Frame, u32>,
     nodes: Vec<TreeNode>,
+    /// `(parent, frame) -> child` for the nodes before `indexed_nodes`; the rest are
+    /// indexed when a lookup next needs them. Why lazily: [`Self::add_paths`] builds a
+    /// whole tree without one lookup, and most trees are rendered and dropped without
+    /// another stack ever being added.
     child_index: HashMap<(u32, u32), u32>,
+    indexed_nodes: usize,
 }
 
 impl Default for StackTree {
@@ -106,6 +177,7 @@ impl StackTree {
             frame_index: HashMap::new(),
             nodes: vec![TreeNode::default()],
             child_index: HashMap::new(),
+            indexed_nodes: 1,
         }
     }
 
@@ -140,18 +212,86 @@ impl StackTree {
         index
     }
 
+    /// Brings the child index up to date with every node.
+    fn index_children(&mut self) {
+        for (index, node) in self.nodes.iter().enumerate().skip(self.indexed_nodes) {
+            self.child_index.insert((node.parent, node.frame), index as u32);
+        }
+        self.indexed_nodes = self.nodes.len();
+    }
+
+    /// The child of `parent` for `frame`, added when new.
     fn child(&mut self, parent: u32, frame: u32) -> u32 {
+        self.index_children();
         if let Some(child) = self.child_index.get(&(parent, frame)) {
             return *child;
         }
+        let child = self.push_node(parent, frame);
+        self.child_index.insert((parent, frame), child);
+        self.indexed_nodes = self.nodes.len();
+        child
+    }
+
+    /// Appends a node without indexing it; the caller knows `parent` has no child for
+    /// `frame` yet.
+    fn push_node(&mut self, parent: u32, frame: u32) -> u32 {
         let child = self.nodes.len() as u32;
         self.nodes.push(TreeNode {
             frame,
             parent,
             ..TreeNode::default()
         });
-        self.child_index.insert((parent, frame), child);
         child
+    }
+
+    /// Adds every path of `paths` with its value; the same tree as
+    /// [`Self::add_stack`] per path, in less time.
+    ///
+    /// How: the paths are visited sorted, so each shares its longest common prefix with
+    /// the one before it, whose nodes are still on hand. Below that prefix a node is
+    /// looked up only under a parent that existed before this call: a parent added by
+    /// this call has seen every path through it already (they sort together), so its
+    /// children are all new. Building a tree from scratch therefore looks up nothing.
+    pub fn add_paths(&mut self, paths: &FramePaths) {
+        debug_assert!(paths
+            .frames
+            .iter()
+            .all(|frame| (*frame as usize) < self.frames.len()));
+        self.index_children();
+        let existing_nodes = self.nodes.len();
+        let mut order: Vec<usize> = (0..paths.len()).collect();
+        order.sort_unstable_by(|left, right| paths.path(*left).cmp(paths.path(*right)));
+        // chain[depth] is the node of the previous path's frame at that depth.
+        let mut chain: Vec<u32> = Vec::with_capacity(64);
+        let mut previous: &[u32] = &[];
+        for index in order {
+            let path = paths.path(index);
+            let value = paths.values[index];
+            let shared = previous
+                .iter()
+                .zip(path)
+                .take_while(|(earlier, later)| earlier == later)
+                .count();
+            chain.truncate(shared);
+            for frame in &path[shared..] {
+                let parent = chain.last().copied().unwrap_or(0);
+                let node = if (parent as usize) < existing_nodes {
+                    match self.child_index.get(&(parent, *frame)) {
+                        Some(child) => *child,
+                        None => self.push_node(parent, *frame),
+                    }
+                } else {
+                    self.push_node(parent, *frame)
+                };
+                chain.push(node);
+            }
+            self.nodes[0].total += value;
+            for node in &chain {
+                self.nodes[*node as usize].total += value;
+            }
+            self.nodes[chain.last().copied().unwrap_or(0) as usize].self_value += value;
+            previous = path;
+        }
     }
 
     /// Adds one stack (frame indices, root first) with its value.
@@ -224,19 +364,37 @@ impl StackTree {
         }
     }
 
-    /// Children lists, ordered by function name then file and binary (stable output).
-    pub fn children(&self) -> Vec<Vec<u32>> {
-        let mut children = vec![Vec::new(); self.nodes.len()];
+    /// Every node's children, ordered by frame (function name, then file and binary), so
+    /// that output does not depend on the order stacks were added in.
+    pub fn children(&self) -> Children {
+        // Ranking the distinct frames once makes each sibling comparison one of integers
+        // instead of up to three of strings.
+        let mut frames_in_order: Vec<u32> = (0..self.frames.len() as u32).collect();
+        frames_in_order
+            .sort_unstable_by(|left, right| self.frames[*left as usize].cmp(&self.frames[*right as usize]));
+        let mut rank_of_frame = vec![0u32; self.frames.len()];
+        for (rank, frame) in frames_in_order.iter().enumerate() {
+            rank_of_frame[*frame as usize] = rank as u32;
+        }
+        let mut starts = vec![0usize; self.nodes.len() + 1];
+        for node in self.nodes.iter().skip(1) {
+            starts[node.parent as usize + 1] += 1;
+        }
+        for index in 1..starts.len() {
+            starts[index] += starts[index - 1];
+        }
+        let mut next_slot = starts.clone();
+        let mut children = vec![0u32; self.nodes.len().saturating_sub(1)];
         for (index, node) in self.nodes.iter().enumerate().skip(1) {
-            children[node.parent as usize].push(index as u32);
+            let slot = &mut next_slot[node.parent as usize];
+            children[*slot] = index as u32;
+            *slot += 1;
         }
-        for list in &mut children {
-            list.sort_by(|left, right| {
-                self.frames[self.nodes[*left as usize].frame as usize]
-                    .cmp(&self.frames[self.nodes[*right as usize].frame as usize])
-            });
+        for window in starts.windows(2) {
+            children[window[0]..window[1]]
+                .sort_unstable_by_key(|child| rank_of_frame[self.nodes[*child as usize].frame as usize]);
         }
-        children
+        Children { starts, children }
     }
 
     /// Node indices in pre-order (root first, children in [`Self::children`] order).
@@ -246,7 +404,7 @@ impl StackTree {
         let mut pending = vec![0u32];
         while let Some(node) = pending.pop() {
             order.push(node);
-            pending.extend(children[node as usize].iter().rev());
+            pending.extend(children.of(node).iter().rev());
         }
         order
     }
@@ -317,7 +475,7 @@ impl StackTree {
         let children = self.children();
         let mut on_path = vec![0u32; rows.len()];
         // Iterative DFS: (node, entering?)
-        let mut pending: Vec<(u32, bool)> = children[0].iter().rev().map(|child| (*child, true)).collect();
+        let mut pending: Vec<(u32, bool)> = children.of(0).iter().rev().map(|child| (*child, true)).collect();
         while let Some((index, entering)) = pending.pop() {
             let node = self.nodes[index as usize];
             let row = frame_rows[node.frame as usize];
@@ -334,7 +492,7 @@ impl StackTree {
             }
             on_path[row] += 1;
             pending.push((index, false));
-            pending.extend(children[index as usize].iter().rev().map(|child| (*child, true)));
+            pending.extend(children.of(index).iter().rev().map(|child| (*child, true)));
         }
         rows.retain(|row| row.flat != 0 || row.cum != 0 || row.baseline_flat != 0 || row.baseline_cum != 0);
         rows.sort_by(|left, right| {
@@ -397,6 +555,14 @@ impl StackTree {
             node_map[index as usize] = Some(mapped);
         }
         (result, report)
+    }
+
+    /// [`Self::truncated`], without a copy when nothing is to be cut (`min_fraction` of 0).
+    pub fn into_truncated(self, min_fraction: f64) -> (StackTree, TruncationReport) {
+        if min_fraction <= 0.0 {
+            return (self, TruncationReport::default());
+        }
+        self.truncated(min_fraction)
     }
 
     fn subtree_size(&self, root: u32) -> u64 {
@@ -519,6 +685,38 @@ mod tests {
     }
 
     #[test]
+    fn children_come_in_frame_order_whatever_the_insertion_order() {
+        let mut tree = StackTree::new();
+        let frame = |function: &str, binary: &str| Frame {
+            function: function.into(),
+            file: String::new(),
+            binary: binary.into(),
+        };
+        let frames: Vec<u32> = [frame("b", ""), frame("a", "z"), frame("a", "y"), frame("c", "")]
+            .iter()
+            .map(|frame| tree.intern_frame(frame))
+            .collect();
+        for leaf in &frames {
+            tree.add_stack(&[frames[3], *leaf], 1);
+        }
+        let children = tree.children();
+        let root_children = children.of(0);
+        assert_eq!(root_children.len(), 1);
+        let names: Vec<(String, String)> = children
+            .of(root_children[0])
+            .iter()
+            .map(|child| {
+                let frame = &tree.frames()[tree.nodes()[*child as usize].frame as usize];
+                (frame.function.clone(), frame.binary.clone())
+            })
+            .collect();
+        let expected = [("a", "y"), ("a", "z"), ("b", ""), ("c", "")]
+            .map(|(function, binary)| (function.to_string(), binary.to_string()));
+        assert_eq!(names, expected);
+        assert!(children.of(99).is_empty());
+    }
+
+    #[test]
     fn from_parts_rejects_dangling_references() {
         let nodes = vec![
             TreeNode::default(),
@@ -573,5 +771,47 @@ mod tests {
             prop_assert_eq!(folded_map(&right), naive);
             prop_assert_eq!(left.total(), right.total());
         }
+
+        #[test]
+        fn paths_added_at_once_equal_stacks_added_one_by_one(
+            before in arbitrary_stacks(), added in arbitrary_stacks()
+        ) {
+            let one_by_one = build(&before.iter().chain(&added).cloned().collect::<Vec<_>>());
+            let mut at_once = build(&before);
+            let mut paths = FramePaths::default();
+            for (stack, value) in &added {
+                let frames: Vec<u32> = names(stack)
+                    .iter()
+                    .map(|name| at_once.intern_frame(&Frame::named(name.clone())))
+                    .collect();
+                paths.extend_path(&frames);
+                paths.end_path(*value);
+            }
+            at_once.add_paths(&paths);
+            prop_assert_eq!(node_values(&at_once), node_values(&one_by_one));
+            // Adding more afterwards finds the nodes add_paths made (no second child per frame).
+            let mut both = at_once.clone();
+            both.merge(&one_by_one);
+            prop_assert_eq!(both.nodes().len(), at_once.nodes().len());
+        }
+    }
+
+    /// Every node by its root-first path of function names, with (self, total); fails
+    /// when two children of one parent share a frame.
+    fn node_values(tree: &StackTree) -> BTreeMap<Vec<String>, (i64, i64)> {
+        let mut values = BTreeMap::new();
+        for (index, node) in tree.nodes().iter().enumerate() {
+            let mut path = Vec::new();
+            let mut cursor = index as u32;
+            while cursor != 0 {
+                let on_path = tree.nodes()[cursor as usize];
+                path.push(tree.frames()[on_path.frame as usize].function.clone());
+                cursor = on_path.parent;
+            }
+            path.reverse();
+            let repeated = values.insert(path, (node.self_value, node.total));
+            assert!(repeated.is_none(), "two nodes for one path");
+        }
+        values
     }
 }

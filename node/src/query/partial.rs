@@ -483,10 +483,11 @@ pub fn finish_merge(
     let profile_type = selection.profile_type;
     let combined = combine(&profile_type, parts)?;
     let tree = combined.symbols.build_location_tree(&combined.stacks);
+    let total = tree.total();
     let mut truncation = None;
     let result = match format {
         api::MergeFormat::Unspecified | api::MergeFormat::Tree => {
-            let (truncated, report) = tree.truncated(min_fraction);
+            let (truncated, report) = tree.into_truncated(min_fraction);
             truncation = truncation_to_api(report, 0);
             api::merge_response::Result::Tree(tree_to_api(&truncated))
         }
@@ -496,12 +497,12 @@ pub fn finish_merge(
             api::merge_response::Result::Top(top_to_api(&tree, &rows))
         }
         api::MergeFormat::Folded => {
-            let (truncated, report) = tree.truncated(min_fraction);
+            let (truncated, report) = tree.into_truncated(min_fraction);
             truncation = truncation_to_api(report, 0);
             api::merge_response::Result::Folded(truncated.folded())
         }
         api::MergeFormat::Svg => {
-            let (truncated, report) = tree.truncated(min_fraction);
+            let (truncated, report) = tree.into_truncated(min_fraction);
             truncation = truncation_to_api(report, 0);
             let svg = render_svg(&truncated.folded(), &profile_type.id(), &profile_type.sample_unit)?;
             api::merge_response::Result::Svg(svg)
@@ -516,7 +517,7 @@ pub fn finish_merge(
     };
     Ok(api::MergeResponse {
         profile_type: Some(profile_type_info(&profile_type)),
-        total: tree.total(),
+        total,
         profiles: combined.profiles,
         series: combined.series,
         result: Some(result),
@@ -543,11 +544,12 @@ pub fn finish_diff(
     tree.merge_as_baseline(&tree_a);
     let (rows, rows_removed) = limit_rows(tree.top(), request.top_limit);
     let top = top_to_api(&tree, &rows);
-    let (truncated, report) = tree.truncated(min_fraction);
+    let (total_a, total_b) = (tree.baseline_total(), tree.total());
+    let (truncated, report) = tree.into_truncated(min_fraction);
     Ok(api::DiffResponse {
         profile_type: Some(profile_type_info(&b.profile_type)),
-        total_a: tree.baseline_total(),
-        total_b: tree.total(),
+        total_a,
+        total_b,
         tree: Some(tree_to_api(&truncated)),
         top: Some(top),
         truncation: truncation_to_api(report, rows_removed),

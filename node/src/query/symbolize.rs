@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kiln_model::tree::{Frame, StackTree};
+use kiln_model::tree::{Frame, FramePaths, StackTree};
 
 use super::stacks::{merge_ascending_runs, StackSet};
 use crate::error::NodeError;
 use crate::storage::keys::{GroupId, SymbolKind};
-use crate::storage::symbols::{StoredFunction, StoredLocation, StoredMapping};
+use crate::storage::symbols::{ContentIdHash, StoredFunction, StoredLocation, StoredMapping};
 use crate::storage::Storage;
 
 /// Every record needed to describe a set of stacks, decoded once per query.
@@ -320,10 +320,10 @@ impl ResolvedSymbols {
 
     fn tree_of<'a>(&self, stacks: impl Iterator<Item = (&'a [u64], i64)>) -> StackTree {
         let mut tree = StackTree::new();
-        let mut frames_of_location: HashMap<u64, Vec<u32>> = HashMap::new();
-        let mut path: Vec<u32> = Vec::with_capacity(64);
+        // Location ids are content hashes: no need to hash them again.
+        let mut frames_of_location: HashMap<u64, Vec<u32>, ContentIdHash> = HashMap::default();
+        let mut paths = FramePaths::default();
         for (locations, value) in stacks {
-            path.clear();
             for location_id in locations.iter().rev() {
                 let frames = frames_of_location.entry(*location_id).or_insert_with(|| {
                     self.location_frames(*location_id)
@@ -331,10 +331,11 @@ impl ResolvedSymbols {
                         .map(|frame| tree.intern_frame(frame))
                         .collect()
                 });
-                path.extend_from_slice(frames);
+                paths.extend_path(frames);
             }
-            tree.add_stack(&path, value);
+            paths.end_path(value);
         }
+        tree.add_paths(&paths);
         tree
     }
 }
