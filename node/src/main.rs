@@ -18,6 +18,27 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// A C string pointer that may live in a `static` (jemalloc only reads it).
+#[repr(transparent)]
+pub struct MallocConf(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to a `'static` C string literal, which is never written.
+unsafe impl Sync for MallocConf {}
+
+/// jemalloc's options, read by jemalloc itself (under its `_rjem_` symbol prefix) before `main`; the
+/// `_RJEM_MALLOC_CONF` environment variable still overrides them.
+/// - `oversize_threshold:0`: otherwise allocations over 8 MiB come from an arena that hands their pages
+///   back to the kernel as soon as they are freed. A merge's largest buffers (the tree's nodes, the
+///   answer message) are that big, so every merge faulted them in again: 1,600–4,200 minor faults per
+///   tree build, in steady state.
+/// - `background_thread:true`, `dirty_decay_ms:30000`: freed pages are kept for reuse for about 30 s
+///   (instead of 10 s) and returned to the kernel by jemalloc's own threads, not inside a query's frees.
+///   The cost is that an idle node's RSS shrinks more slowly after a burst.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: MallocConf =
+    MallocConf(c"oversize_threshold:0,background_thread:true,dirty_decay_ms:30000".as_ptr());
+
 /// A Kiln storage node: ingests profiles and answers queries on one port (gRPC,
 /// HTTP JSON API, /metrics, /healthz).
 #[derive(Debug, Parser)]
