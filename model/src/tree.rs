@@ -93,15 +93,6 @@ pub struct FramePaths {
 }
 
 impl FramePaths {
-    /// Room for `paths` paths of `frames` frames in all, without reallocating.
-    pub fn with_capacity(paths: usize, frames: usize) -> FramePaths {
-        FramePaths {
-            frames: Vec::with_capacity(frames),
-            ends: Vec::with_capacity(paths),
-            values: Vec::with_capacity(paths),
-        }
-    }
-
     /// Appends frames (root first) to the path being built.
     pub fn extend_path(&mut self, root_first_frames: &[u32]) {
         self.frames.extend_from_slice(root_first_frames);
