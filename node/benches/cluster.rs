@@ -628,7 +628,6 @@ fn main() {
         alive.push((name, deployment));
     }
     let merge_runs: usize = env_number("KILN_BENCH_MERGE_ROUNDS").unwrap_or(merge_runs);
-    let merge_runs: usize = env_number("KILN_BENCH_MERGE_ROUNDS").unwrap_or(merge_runs);
     let merges = time_merges(&alive, &merge, merge_runs);
     let mut results = Vec::new();
     for ((name, deployment), merges) in alive.into_iter().zip(merges) {
