@@ -33,22 +33,11 @@ impl StackSet {
     pub fn from_pairs<S: AsRef<[u64]>>(pairs: impl IntoIterator<Item = (S, i64)>) -> StackSet {
         let mut pairs: Vec<(S, i64)> = pairs.into_iter().collect();
         pairs.sort_unstable_by(|left, right| left.0.as_ref().cmp(right.0.as_ref()));
-        let mut set = StackSet::with_capacity(pairs.len(), 0);
-        let mut pending: Option<(S, i64)> = None;
+        let mut sums = AscendingSums::new(StackSet::with_capacity(pairs.len(), 0));
         for (stack, value) in pairs {
-            match &mut pending {
-                Some((kept, sum)) if kept.as_ref() == stack.as_ref() => *sum = sum.wrapping_add(value),
-                _ => {
-                    if let Some((kept, sum)) = pending.replace((stack, value)) {
-                        set.push_nonzero(kept.as_ref(), sum);
-                    }
-                }
-            }
+            sums.add(stack, value);
         }
-        if let Some((kept, sum)) = pending {
-            set.push_nonzero(kept.as_ref(), sum);
-        }
-        set
+        sums.finish()
     }
 
     /// The canonical union of `sets` (each canonical): equal stacks summed with
@@ -62,24 +51,13 @@ impl StackSet {
         let (stacks, ids) = sets.iter().fold((0, 0), |(stacks, ids), set| {
             (stacks + set.len(), ids + set.locations.len())
         });
-        let mut merged = StackSet::with_capacity(stacks, ids);
-        let mut pending: Option<(&[u64], i64)> = None;
+        let mut sums = AscendingSums::new(StackSet::with_capacity(stacks, ids));
         merge_ascending_runs(
             sets.iter().map(StackSet::iter).collect(),
             |(stack, _)| *stack,
-            |(stack, value)| match &mut pending {
-                Some((kept, sum)) if *kept == stack => *sum = sum.wrapping_add(value),
-                _ => {
-                    if let Some((kept, sum)) = pending.replace((stack, value)) {
-                        merged.push_nonzero(kept, sum);
-                    }
-                }
-            },
+            |(stack, value)| sums.add(stack, value),
         );
-        if let Some((kept, sum)) = pending {
-            merged.push_nonzero(kept, sum);
-        }
-        merged
+        sums.finish()
     }
 
     fn with_capacity(stacks: usize, ids: usize) -> StackSet {
@@ -158,6 +136,38 @@ impl StackSet {
             previous = Some(stack);
         }
         Ok(())
+    }
+}
+
+/// Builds a canonical set from stacks that arrive in ascending order, equal ones next
+/// to each other: sums equal stacks (wrapping adds) and leaves out zero sums.
+struct AscendingSums<S> {
+    set: StackSet,
+    /// The latest stack and the sum of its values so far, not yet in `set`.
+    pending: Option<(S, i64)>,
+}
+
+impl<S: AsRef<[u64]>> AscendingSums<S> {
+    fn new(set: StackSet) -> Self {
+        AscendingSums { set, pending: None }
+    }
+
+    fn add(&mut self, stack: S, value: i64) {
+        match &mut self.pending {
+            Some((kept, sum)) if kept.as_ref() == stack.as_ref() => *sum = sum.wrapping_add(value),
+            _ => {
+                if let Some((kept, sum)) = self.pending.replace((stack, value)) {
+                    self.set.push_nonzero(kept.as_ref(), sum);
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> StackSet {
+        if let Some((kept, sum)) = self.pending.take() {
+            self.set.push_nonzero(kept.as_ref(), sum);
+        }
+        self.set
     }
 }
 
