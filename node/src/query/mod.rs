@@ -405,11 +405,7 @@ impl QueryEngine {
                 merged.series,
             )),
             PartialRecords::Included => {
-                let location_ids: Vec<u64> = location_lists
-                    .iter()
-                    .flat_map(|locations| locations.iter().copied())
-                    .collect();
-                let records = SymbolRecords::load(&self.storage, self.group, location_ids)?;
+                let records = SymbolRecords::load(&self.storage, self.group, stacks.distinct_location_ids())?;
                 Ok(MergePartial::new(
                     checked.profile_type,
                     stacks,

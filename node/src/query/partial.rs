@@ -33,7 +33,6 @@ use super::{
     truncation_to_api, TimeRange,
 };
 use crate::error::NodeError;
-use crate::storage::symbols::ContentIdHash;
 
 /// Serde for `(id, record bytes)` lists as byte strings: bincode then copies each
 /// record whole instead of visiting it byte by byte (partials carry megabytes).
@@ -135,14 +134,7 @@ impl MergePartial {
         profiles: u64,
         series: u64,
     ) -> MergePartial {
-        // Stacks name the same locations many times over; dedup before the sort, with the
-        // hasher for content ids, so that only the distinct ids are sorted.
-        let distinct: std::collections::HashSet<u64, ContentIdHash> = stacks
-            .iter()
-            .flat_map(|(stack, _)| stack.iter().copied())
-            .collect();
-        let mut location_ids: Vec<u64> = distinct.into_iter().collect();
-        location_ids.sort_unstable();
+        let location_ids = stacks.distinct_location_ids();
         MergePartial {
             records: PartialRecords::Omitted,
             location_ids,

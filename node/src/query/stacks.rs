@@ -11,6 +11,8 @@ use std::collections::BinaryHeap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::storage::symbols::ContentIdHash;
+
 /// Stacks (location ids, leaf first) with their values, in canonical form: sorted by
 /// their ids, each stack once, no zero value. Two sets holding the same stacks and
 /// values are equal, whatever order they were built from.
@@ -96,6 +98,17 @@ impl StackSet {
             .zip(&self.ends)
             .zip(&self.values)
             .map(|((start, end), value)| (&self.locations[start..*end], *value))
+    }
+
+    /// Every location id the stacks name, ascending, each once.
+    pub fn distinct_location_ids(&self) -> Vec<u64> {
+        // Stacks name the same locations many times over; dedup before the sort, with the
+        // hasher for content ids, so that only the distinct ids are sorted.
+        let distinct: std::collections::HashSet<u64, ContentIdHash> =
+            self.locations.iter().copied().collect();
+        let mut ids: Vec<u64> = distinct.into_iter().collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Checks that the set is canonical and its ends lie within its ids, as a set from
