@@ -94,13 +94,11 @@ fn read_records(
     wanted: &[(u64, GroupId)],
 ) -> Result<Vec<Vec<u8>>, LoadStop> {
     let mut records: Vec<Option<Vec<u8>>> = vec![None; wanted.len()];
-    let mut groups: Vec<GroupId> = wanted.iter().map(|(_, group)| *group).collect();
-    groups.sort_unstable();
-    groups.dedup();
-    for group in groups {
-        let positions: Vec<usize> = (0..wanted.len())
-            .filter(|index| wanted[*index].1 == group)
-            .collect();
+    let mut positions_by_group: std::collections::BTreeMap<GroupId, Vec<usize>> = Default::default();
+    for (position, (_, group)) in wanted.iter().enumerate() {
+        positions_by_group.entry(*group).or_default().push(position);
+    }
+    for (group, positions) in positions_by_group {
         let ids: Vec<u64> = positions.iter().map(|index| wanted[*index].0).collect();
         for (position, record) in positions
             .into_iter()
