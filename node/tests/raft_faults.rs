@@ -704,6 +704,72 @@ async fn fanout_query_in_flight_when_a_leader_hangs_is_answered_by_the_new_leade
     stop_all(nodes).await;
 }
 
+/// ReadIndex is what keeps a leader that lost its group from answering: cut off, it still believes
+/// it leads and has applied its whole log, while the others elect a new leader and acknowledge more
+/// writes. A query it coordinates (its own replica is asked first) must fail over to the new leader
+/// and return every acknowledged write, never the cut-off leader's stale state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_index_a_cut_off_leader_never_answers_from_its_stale_state() {
+    let nodes = start_cluster(3).await;
+    write_rounds(&nodes[0], "before", 4).await;
+    // Each round's Go CPU profile is two series: samples/count and cpu/nanoseconds.
+    assert_eq!(series_through(&nodes[0]).await, 2 * 4);
+
+    let stale = wait_leader_of(&nodes, 1).await;
+    for each in &nodes {
+        each.state.cluster.faults.isolate(stale);
+    }
+    wait_for("a new leader of group 1 among the others", || {
+        leader_excluding(&nodes, 1, Some(stale)).is_some()
+    })
+    .await;
+    let stale_replica = node(&nodes, stale).state.cluster.replica(1).expect("replica");
+    let metrics = stale_replica.raft.metrics().borrow().clone();
+    assert_eq!(
+        metrics.current_leader,
+        Some(stale),
+        "the cut-off node must still believe it leads, or this test proves nothing"
+    );
+    let majority = nodes
+        .iter()
+        .find(|each| each.id() != stale)
+        .expect("another node");
+    for round in 4..8 {
+        majority
+            .state
+            .cluster
+            .write(write_request(&format!("after-{round}"), round))
+            .await
+            .expect("write on the majority side");
+    }
+    // The cut-off node coordinates: it asks its own replica first.
+    assert_eq!(
+        series_through(node(&nodes, stale)).await,
+        2 * 8,
+        "every acknowledged write is in the answer"
+    );
+    heal_all(&nodes);
+    stop_all(nodes).await;
+}
+
+/// The `service="faults"` series, counted through a fanned-out query that `node` coordinates.
+async fn series_through(node: &TestNode) -> usize {
+    let answer = node
+        .state
+        .cluster
+        .series(api::SeriesRequest {
+            selection: Some(api::Selection {
+                selector: "{service=\"faults\"}".into(),
+                start_unix_ms: 0,
+                end_unix_ms: 0,
+            }),
+            options: Some(api::QueryOptions { allow_partial: false }),
+        })
+        .await
+        .expect("series");
+    answer.series.len()
+}
+
 /// Groups that the coordinating node holds a replica of send their stacks without
 /// symbol records, and the coordinator reads the records from its own replica. When
 /// that replica lags behind the leader's stacks, the coordinator must notice the
