@@ -82,6 +82,19 @@ pub struct PreparedWrite {
     pub pprof_symbols: Vec<Vec<u32>>,
 }
 
+/// A prepared write as its group's raft log holds it: stamped with the time the node that proposed it
+/// accepted it. Why the stamp travels in the entry: every replica records it with the write's
+/// idempotency keys, and an [`Expiry`](crate::storage::writer::Expiry) forgets keys by it, so that
+/// every replica remembers and forgets the same keys at the same log position whatever its own clock
+/// says (a retry is then a duplicate on every replica or on none).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AcceptedWrite {
+    /// What to store.
+    pub write: PreparedWrite,
+    /// When it was accepted, in Unix milliseconds of the proposing node's clock.
+    pub accepted_unix_ms: i64,
+}
+
 impl PreparedWrite {
     /// Splits the write by the group of each profile's routing hash (its labels). Each part keeps
     /// the idempotency key (groups deduplicate independently, so a retry after a

@@ -28,7 +28,7 @@ use crate::error::NodeError;
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
 use crate::storage::keys::GroupId;
-use crate::storage::writer::Writer;
+use crate::storage::writer::{Expiry, Writer};
 use crate::storage::{Storage, StorageOptions};
 
 /// The group [`LocalGroup`] keeps its data in (tests and benchmarks of the storage
@@ -118,10 +118,11 @@ impl NodeState {
         }))
     }
 
-    /// Runs one retention pass over every local replica now.
-    pub async fn run_retention(&self) -> Result<(), NodeError> {
-        let cutoff = kiln_model::time::now_unix_ms() - self.config.retention.as_millis() as i64;
-        self.cluster.run_retention(cutoff).await
+    /// Runs one retention pass now: every data group this node leads expires what is older than
+    /// the retention (see [`cluster::Cluster::run_retention`]). Returns those groups.
+    pub async fn run_retention(&self) -> Result<Vec<GroupId>, NodeError> {
+        let expiry = Expiry::at(kiln_model::time::now_unix_ms(), self.config.retention);
+        self.cluster.run_retention(expiry).await
     }
 
     /// Runs retention every `retention_interval` until the state is dropped by all
@@ -137,7 +138,7 @@ impl NodeState {
                     return;
                 };
                 match state.run_retention().await {
-                    Ok(()) => {
+                    Ok(_) => {
                         state.metrics.retention_passes.inc();
                         tracing::info!("retention pass done");
                     }
@@ -215,8 +216,8 @@ impl LocalGroup {
 
     /// Runs one retention pass now.
     pub async fn run_retention(&self) -> Result<storage::writer::RetentionOutcome, NodeError> {
-        let cutoff = kiln_model::time::now_unix_ms() - self.config.retention.as_millis() as i64;
-        self.writer.retention(cutoff).await
+        let expiry = Expiry::at(kiln_model::time::now_unix_ms(), self.config.retention);
+        self.writer.retention(expiry, Vec::new()).await
     }
 
     /// Stops the writer after committing everything queued, and flushes.

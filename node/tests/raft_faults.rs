@@ -6,8 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln_model::time::now_unix_ms;
 use kiln_node::cluster::ClusterConfig;
 use kiln_node::raft::NodeId;
+use kiln_node::storage::writer::Expiry;
 use kiln_node::{NodeConfig, NodeState};
 use kiln_proto::kiln::v1 as api;
 use tokio::sync::oneshot;
@@ -421,18 +423,21 @@ async fn snapshot_and_purge(leader: &TestNode, group: u32) -> u64 {
     applied_on_leader
 }
 
-/// The full merged tree of every CPU profile in `group`, as `node`'s own replica
-/// stores it (no fan-out).
-fn replica_merge(node: &TestNode, group: u32) -> api::MergeResponse {
-    let engine = node
-        .state
+/// The query engine of `node`'s own replica of `group`.
+fn replica_engine(node: &TestNode, group: u32) -> kiln_node::query::QueryEngine {
+    node.state
         .cluster
         .replica(group)
         .expect("replica")
         .engine
         .clone()
-        .expect("engine");
-    engine
+        .expect("engine")
+}
+
+/// The full merged tree of every CPU profile in `group`, as `node`'s own replica
+/// stores it (no fan-out).
+fn replica_merge(node: &TestNode, group: u32) -> api::MergeResponse {
+    replica_engine(node, group)
         .merge(&api::MergeRequest {
             selection: Some(api::Selection {
                 selector: r#"process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta{service="faults"}"#.into(),
@@ -750,6 +755,139 @@ async fn read_index_a_cut_off_leader_never_answers_from_its_stale_state() {
     );
     heal_all(&nodes);
     stop_all(nodes).await;
+}
+
+/// Retention goes through the log: the leader of a group proposes the expiry, and every replica
+/// applies it at the same position. Regression: each node expired its own replicas on its own
+/// timer, so between passes a group's replicas held different data, and a leader change could bring
+/// expired profiles back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_a_pass_on_the_leader_alone_expires_every_replica_of_its_groups() {
+    let nodes = start_cluster(3).await;
+    write_rounds(&nodes[0], "old", 6).await;
+    let leader = wait_leader_of(&nodes, 1).await;
+    let before: Vec<Vec<usize>> = nodes
+        .iter()
+        .map(|each| (1..=2).map(|group| replica_series(each, group)).collect())
+        .collect();
+    let tomorrow = now_unix_ms() + 24 * 3600 * 1000;
+    let expired = node(&nodes, leader)
+        .state
+        .cluster
+        .run_retention(Expiry {
+            samples_before_unix_ms: tomorrow,
+            idempotency_keys_before_unix_ms: i64::MIN,
+        })
+        .await
+        .expect("retention pass");
+    assert!(
+        expired.contains(&1),
+        "the leader of group 1 expires it: {expired:?}"
+    );
+    for group in 1..=2u32 {
+        wait_all_applied(&nodes, group).await;
+        for (index, each) in nodes.iter().enumerate() {
+            let series = replica_series(each, group);
+            if expired.contains(&group) {
+                assert_eq!(
+                    series,
+                    0,
+                    "node {} still holds group {group}'s old series",
+                    each.id()
+                );
+            } else {
+                assert_eq!(
+                    series,
+                    before[index][group as usize - 1],
+                    "node {} expired group {group}, which no pass was proposed to",
+                    each.id()
+                );
+            }
+        }
+    }
+    stop_all(nodes).await;
+}
+
+/// Idempotency keys are forgotten by an expiry in the log (and stamped with the time in the log
+/// entry), so a retry after its key expired is new data on every replica alike. Regression: when
+/// each node forgot keys on its own pass, a retry after the leader's pass was stored by the leader
+/// and a duplicate on the followers. (The nodes of this test share one clock, so it does not show
+/// the stamps' part.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_a_retry_after_its_key_expired_is_stored_again_on_every_replica_alike() {
+    let nodes = start_cluster(3).await;
+    let request = write_request("forgotten", 1);
+    let first = nodes[0]
+        .state
+        .cluster
+        .write(request.clone())
+        .await
+        .expect("write");
+    assert!(!first.duplicate);
+    let again = nodes[0]
+        .state
+        .cluster
+        .write(request.clone())
+        .await
+        .expect("retry");
+    assert!(again.duplicate, "a retry inside the window is a duplicate");
+    let total_on = |each: &TestNode| -> i64 { (1..=2).map(|group| replica_merge(each, group).total).sum() };
+    for group in 1..=2 {
+        wait_all_applied(&nodes, group).await;
+    }
+    let stored_once = total_on(&nodes[0]);
+    assert!(stored_once > 0);
+
+    // Only the leader of the group that holds the write runs a pass.
+    let group = (1..=2)
+        .find(|group| replica_merge(&nodes[0], *group).total > 0)
+        .expect("a group holds the write");
+    let leader = wait_leader_of(&nodes, group).await;
+    let tomorrow = now_unix_ms() + 24 * 3600 * 1000;
+    let expired = node(&nodes, leader)
+        .state
+        .cluster
+        .run_retention(Expiry {
+            samples_before_unix_ms: i64::MIN,
+            idempotency_keys_before_unix_ms: tomorrow,
+        })
+        .await
+        .expect("retention pass");
+    assert!(
+        expired.contains(&group),
+        "the leader expires its group: {expired:?}"
+    );
+
+    let late = nodes[1].state.cluster.write(request).await.expect("late retry");
+    assert!(!late.duplicate, "the key was forgotten: the retry is stored");
+    for group in 1..=2 {
+        wait_all_applied(&nodes, group).await;
+    }
+    for each in &nodes {
+        assert_eq!(
+            total_on(each),
+            2 * stored_once,
+            "node {} stored the late retry differently",
+            each.id()
+        );
+    }
+    stop_all(nodes).await;
+}
+
+/// The `service="faults"` series that `node`'s own replica of `group` lists (no fan-out).
+fn replica_series(node: &TestNode, group: u32) -> usize {
+    replica_engine(node, group)
+        .series(&api::SeriesRequest {
+            selection: Some(api::Selection {
+                selector: "{service=\"faults\"}".into(),
+                start_unix_ms: 0,
+                end_unix_ms: 0,
+            }),
+            options: None,
+        })
+        .expect("series")
+        .series
+        .len()
 }
 
 /// The `service="faults"` series, counted through a fanned-out query that `node` coordinates.

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use self::internal::{Failure, GroupReport, ProbeReport, Request, Response};
 use self::map::{ClusterMap, MetaCommand, MetaResponse, NodeInfo, NodeState, METADATA_GROUP};
 use crate::error::NodeError;
-use crate::ingest::prepare_write;
+use crate::ingest::{prepare_write, AcceptedWrite};
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
 use crate::raft::log_store::LogStore;
@@ -47,7 +47,7 @@ use crate::raft::network::{AddressBook, FaultInjector, GroupNetworkFactory, Peer
 use crate::raft::state_machine::{GroupStateMachine, MachineKind};
 use crate::raft::{decode, encode, Command, CommandResponse, KilnRaft, NodeId};
 use crate::storage::keys::{self, GroupId};
-use crate::storage::writer::{WriteOutcome, Writer};
+use crate::storage::writer::{Expiry, WriteOutcome, Writer};
 use crate::storage::Storage;
 
 /// How a node takes part in a cluster.
@@ -639,6 +639,7 @@ impl Cluster {
             return Err(unavailable("the cluster map is not known yet; retry shortly"));
         }
         let pprof_count = prepared.pprof_count;
+        let accepted_unix_ms = kiln_model::time::now_unix_ms();
         let mut parts = prepared.split_by_group(|hash| view.group_of(hash).unwrap_or(1));
         for (group, part) in &mut parts {
             let Some(committed) = self
@@ -652,7 +653,11 @@ impl Cluster {
             self.metrics.proposal_symbols_stripped.inc_by(stripped.symbols);
         }
         let proposals = parts.into_iter().map(|(group, part)| async move {
-            match self.propose(group, Command::Write(part)).await? {
+            let accepted = AcceptedWrite {
+                write: part,
+                accepted_unix_ms,
+            };
+            match self.propose(group, Command::Write(accepted)).await? {
                 CommandResponse::Written(outcome) => Ok(outcome),
                 other => Err(NodeError::Internal(format!(
                     "group {group} answered {other:?} to a write"
@@ -929,14 +934,35 @@ impl Cluster {
         }
     }
 
-    /// Retention on every local data replica (each replica expires its own copy).
-    pub async fn run_retention(&self, cutoff_unix_ms: i64) -> Result<(), NodeError> {
+    /// Retention pass: proposes `expiry` to every data group this node leads, so that each group's
+    /// replicas drop the same data at the same log position. Groups led elsewhere are left to their
+    /// leader's own pass. Returns the groups it expired.
+    ///
+    /// Why through the log and not on each replica by itself: replicas that expired at their own
+    /// times held different data between passes, and a leader change could bring expired data back;
+    /// and idempotency keys forgotten by one replica but not another made a late retry a duplicate
+    /// on some replicas and new data on others.
+    pub async fn run_retention(&self, expiry: Expiry) -> Result<Vec<GroupId>, NodeError> {
+        let mut expired = Vec::new();
         for replica in self.replicas() {
-            if let Some(writer) = &replica.writer {
-                writer.retention(cutoff_unix_ms).await?;
+            let leads = replica.raft.metrics().borrow().state == ServerState::Leader;
+            if replica.writer.is_none() || !leads {
+                continue;
+            }
+            match self.propose(replica.group, Command::Expire(expiry)).await? {
+                CommandResponse::Expired(outcome) => {
+                    tracing::debug!(group = replica.group, ?outcome, "expired");
+                    expired.push(replica.group);
+                }
+                other => {
+                    return Err(NodeError::Internal(format!(
+                        "group {} answered {other:?} to an expiry",
+                        replica.group
+                    )))
+                }
             }
         }
-        Ok(())
+        Ok(expired)
     }
 
     /// Handles an internal request from another node.

@@ -23,8 +23,8 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::map::{MetaCommand, MetaResponse};
-use crate::ingest::PreparedWrite;
-use crate::storage::writer::WriteOutcome;
+use crate::ingest::{AcceptedWrite, PreparedWrite};
+use crate::storage::writer::{Expiry, RetentionOutcome, WriteOutcome};
 
 /// A node id: unique in a cluster, never reused.
 pub type NodeId = u64;
@@ -50,12 +50,22 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
 
 /// What a raft log entry of a group asks its state machine to do.
+///
+/// Encoded with bincode, which names a variant by its position: new variants go at the end, and no
+/// variant is removed or reordered, so that logs written by earlier versions still decode.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
-    /// Store prepared profiles (data groups only).
-    Write(PreparedWrite),
+    /// A write as versions before [`Command::Write`] proposed it, without its acceptance time; it is
+    /// applied as a [`Command::Write`] accepted at the applying replica's clock. Only found in logs
+    /// written by those versions.
+    UnstampedWrite(PreparedWrite),
     /// Change the cluster map (metadata group only).
     Meta(MetaCommand),
+    /// Store prepared profiles (data groups only).
+    Write(AcceptedWrite),
+    /// Drop old data (data groups only). Proposed by the group's leader at each retention pass, so
+    /// that every replica drops the same data at the same position in the log.
+    Expire(Expiry),
 }
 
 /// What applying a [`Command`] (or a blank/membership entry) produced.
@@ -68,6 +78,8 @@ pub enum CommandResponse {
     Written(WriteOutcome),
     /// A cluster-map change's answer.
     Meta(MetaResponse),
+    /// What an expiry removed.
+    Expired(RetentionOutcome),
 }
 
 /// Encodes a value for the raft log or a raft RPC (bincode: compact, and every
@@ -79,4 +91,50 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
 /// Decodes what [`encode`] wrote.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, bincode::Error> {
     bincode::deserialize(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The command enum as versions before stamped writes and expiries encoded it.
+    #[derive(Serialize)]
+    enum CommandBeforeStamps {
+        Write(PreparedWrite),
+    }
+
+    #[test]
+    fn log_format_a_write_logged_before_stamps_decodes_as_an_unstamped_write() {
+        let write = PreparedWrite {
+            idempotency_key: "logged-by-an-earlier-version".into(),
+            ..PreparedWrite::default()
+        };
+        let bytes = encode(&CommandBeforeStamps::Write(write)).expect("encode");
+        match decode::<Command>(&bytes).expect("decode") {
+            Command::UnstampedWrite(decoded) => {
+                assert_eq!(decoded.idempotency_key, "logged-by-an-earlier-version");
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn log_format_stamped_writes_and_expiries_round_trip() {
+        let write = Command::Write(AcceptedWrite {
+            write: PreparedWrite::default(),
+            accepted_unix_ms: 1_764_000_000_000,
+        });
+        match decode::<Command>(&encode(&write).expect("encode")).expect("decode") {
+            Command::Write(accepted) => assert_eq!(accepted.accepted_unix_ms, 1_764_000_000_000),
+            other => panic!("decoded as {other:?}"),
+        }
+        let expiry = Expiry {
+            samples_before_unix_ms: 5,
+            idempotency_keys_before_unix_ms: 7,
+        };
+        match decode::<Command>(&encode(&Command::Expire(expiry)).expect("encode")).expect("decode") {
+            Command::Expire(decoded) => assert_eq!(decoded, expiry),
+            other => panic!("decoded as {other:?}"),
+        }
+    }
 }

@@ -30,10 +30,12 @@ use tokio::sync::watch;
 
 use super::{decode, encode, Command, CommandResponse, Entry, NodeId, StorageError, TypeConfig};
 use crate::cluster::map::{ClusterMap, MetaResponse};
+use crate::ingest::AcceptedWrite;
 use crate::metrics::Metrics;
 use crate::storage::keys::{self, GroupId};
-use crate::storage::writer::Writer;
+use crate::storage::writer::{RetentionOutcome, Writer};
 use crate::storage::Storage;
+use kiln_model::time::now_unix_ms;
 
 /// First bytes of a snapshot stream (format version 1).
 const SNAPSHOT_MAGIC: &[u8; 8] = b"KILNSNP1";
@@ -132,6 +134,14 @@ impl GroupStateMachine {
             None => Ok(AppliedState::default()),
             Some(bytes) => decode(&bytes).map_err(sm_read_error),
         }
+    }
+
+    /// The `meta` record of `applied`, to commit atomically with what applying it wrote.
+    fn applied_put(&self, applied: &AppliedState) -> Result<(Vec<u8>, Vec<u8>), StorageError> {
+        Ok((
+            keys::applied_state_key(self.group),
+            encode(applied).map_err(sm_write_error)?,
+        ))
     }
 
     /// Reads the stored cluster map of the metadata group (empty when none).
@@ -360,17 +370,23 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let storage = self.storage.clone();
         let group = self.group;
         let mut applied = off_thread(move || Self::read_applied_state(&storage, group)).await?;
-        // Which response slot each write fills, in entry order.
+        // Which response slot each entry fills, in entry order.
         enum Slot {
             Empty,
             Write,
             Meta(MetaResponse),
+            Expired(RetentionOutcome),
         }
+        let not_for_metadata = || {
+            Slot::Meta(MetaResponse::Rejected(
+                "the metadata group stores no profiles".into(),
+            ))
+        };
         let mut slots = Vec::new();
         let mut writes = Vec::new();
+        let mut outcomes = Vec::new();
         let mut map_after: Option<ClusterMap> = None;
         for entry in entries {
-            applied.last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => slots.push(Slot::Empty),
                 EntryPayload::Membership(membership) => {
@@ -382,9 +398,39 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                         writes.push(write);
                         slots.push(Slot::Write);
                     }
-                    MachineKind::Meta { .. } => slots.push(Slot::Meta(MetaResponse::Rejected(
-                        "the metadata group stores no profiles".into(),
-                    ))),
+                    MachineKind::Meta { .. } => slots.push(not_for_metadata()),
+                },
+                EntryPayload::Normal(Command::UnstampedWrite(write)) => match &self.kind {
+                    MachineKind::Data { .. } => {
+                        writes.push(AcceptedWrite {
+                            write,
+                            accepted_unix_ms: now_unix_ms(),
+                        });
+                        slots.push(Slot::Write);
+                    }
+                    MachineKind::Meta { .. } => slots.push(not_for_metadata()),
+                },
+                EntryPayload::Normal(Command::Expire(expiry)) => match &self.kind {
+                    MachineKind::Data { writer } => {
+                        // In log order: the writes before the expiry commit first, with the
+                        // applied log id of the entry before it; then the expiry, with its own.
+                        let before = std::mem::take(&mut writes);
+                        let applied_put = self.applied_put(&applied)?;
+                        outcomes.extend(
+                            writer
+                                .apply(before, vec![applied_put])
+                                .await
+                                .map_err(sm_write_error)?,
+                        );
+                        applied.last_applied = Some(entry.log_id);
+                        let applied_put = self.applied_put(&applied)?;
+                        let outcome = writer
+                            .retention(expiry, vec![applied_put])
+                            .await
+                            .map_err(sm_write_error)?;
+                        slots.push(Slot::Expired(outcome));
+                    }
+                    MachineKind::Meta { .. } => slots.push(not_for_metadata()),
                 },
                 EntryPayload::Normal(Command::Meta(command)) => match &self.kind {
                     MachineKind::Meta { map, .. } => {
@@ -396,13 +442,13 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     ))),
                 },
             }
+            applied.last_applied = Some(entry.log_id);
         }
-        let mut meta_puts = vec![(
-            keys::applied_state_key(self.group),
-            encode(&applied).map_err(sm_write_error)?,
-        )];
-        let outcomes = match &self.kind {
-            MachineKind::Data { writer } => writer.apply(writes, meta_puts).await.map_err(sm_write_error)?,
+        let mut meta_puts = vec![self.applied_put(&applied)?];
+        match &self.kind {
+            MachineKind::Data { writer } => {
+                outcomes.extend(writer.apply(writes, meta_puts).await.map_err(sm_write_error)?);
+            }
             MachineKind::Meta { map, changed } => {
                 if let Some(next) = &map_after {
                     meta_puts.push((
@@ -425,15 +471,15 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     *map.write() = next;
                     changed.send_replace(version);
                 }
-                Vec::new()
             }
-        };
+        }
         let mut outcomes = outcomes.into_iter();
         let mut responses = Vec::with_capacity(slots.len());
         for slot in slots {
             responses.push(match slot {
                 Slot::Empty => CommandResponse::Empty,
                 Slot::Meta(answer) => CommandResponse::Meta(answer),
+                Slot::Expired(outcome) => CommandResponse::Expired(outcome),
                 Slot::Write => CommandResponse::Written(
                     outcomes
                         .next()

@@ -27,7 +27,7 @@ use super::postings::{add_operand, remove_operand};
 use super::symbols::{encode_stack, ContentIdHash};
 use super::{SeriesRecord, Storage};
 use crate::error::NodeError;
-use crate::ingest::PreparedWrite;
+use crate::ingest::{AcceptedWrite, PreparedWrite};
 use crate::metrics::Metrics;
 
 /// Most write requests committed in one batch.
@@ -50,8 +50,32 @@ pub struct WriteOutcome {
     pub profile_types: Vec<String>,
 }
 
+/// What a retention pass drops, decided once (by a group's leader, which proposes it) so that every
+/// replica applies the same cutoffs at the same log position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Expiry {
+    /// Sample partitions that end at or before this partition's start are deleted, and series left
+    /// without a newer sample.
+    pub samples_before_unix_ms: i64,
+    /// Idempotency keys accepted before this time are forgotten: a retry of their payloads is stored
+    /// again.
+    pub idempotency_keys_before_unix_ms: i64,
+}
+
+impl Expiry {
+    /// The expiry of a pass at `now_unix_ms` that keeps `retention` of samples and
+    /// [`IDEMPOTENCY_WINDOW`] of idempotency keys.
+    pub fn at(now_unix_ms: i64, retention: Duration) -> Expiry {
+        let millis = |duration: Duration| i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        Expiry {
+            samples_before_unix_ms: now_unix_ms.saturating_sub(millis(retention)),
+            idempotency_keys_before_unix_ms: now_unix_ms.saturating_sub(millis(IDEMPOTENCY_WINDOW)),
+        }
+    }
+}
+
 /// What a retention pass removed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RetentionOutcome {
     /// Series whose last sample was older than the cutoff.
     pub series_expired: u64,
@@ -64,18 +88,21 @@ type WriteReply = oneshot::Sender<Result<Vec<WriteOutcome>, NodeError>>;
 /// `meta` column family records committed with a job's writes.
 type MetaPuts = Vec<(Vec<u8>, Vec<u8>)>;
 /// A queued write job: writes, extra records, reply.
-type QueuedJob = (Vec<PreparedWrite>, MetaPuts, WriteReply);
+type QueuedJob = (Vec<AcceptedWrite>, MetaPuts, WriteReply);
 
 enum Job {
     Write {
-        writes: Vec<PreparedWrite>,
+        writes: Vec<AcceptedWrite>,
         /// Extra `meta` records committed in the same batch (a raft group's applied
         /// log id): they become durable together with the writes or not at all.
         meta_puts: Vec<(Vec<u8>, Vec<u8>)>,
         reply: WriteReply,
     },
     Retention {
-        cutoff_unix_ms: i64,
+        expiry: Expiry,
+        /// Extra `meta` records committed atomically with the expiry (a raft group's applied log
+        /// id), as for writes.
+        meta_puts: MetaPuts,
         reply: oneshot::Sender<Result<RetentionOutcome, NodeError>>,
     },
     /// Forget every cache and counter and read them again (after a raft snapshot
@@ -151,9 +178,13 @@ impl Writer {
         self.sender.lock().clone().ok_or(NodeError::ShuttingDown)
     }
 
-    /// Stores a prepared write; returns once it is durable.
+    /// Stores a prepared write, accepted now; returns once it is durable.
     pub async fn write(&self, write: PreparedWrite) -> Result<WriteOutcome, NodeError> {
-        let mut outcomes = self.apply(vec![write], Vec::new()).await?;
+        let accepted = AcceptedWrite {
+            write,
+            accepted_unix_ms: now_unix_ms(),
+        };
+        let mut outcomes = self.apply(vec![accepted], Vec::new()).await?;
         outcomes
             .pop()
             .ok_or_else(|| NodeError::Internal("the writer answered no outcome".into()))
@@ -164,7 +195,7 @@ impl Writer {
     /// `meta_puts` to record their applied log id atomically with the data.
     pub async fn apply(
         &self,
-        writes: Vec<PreparedWrite>,
+        writes: Vec<AcceptedWrite>,
         meta_puts: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<Vec<WriteOutcome>, NodeError> {
         let sender = self.sender()?;
@@ -200,14 +231,20 @@ impl Writer {
         answer.await.map_err(|_| NodeError::ShuttingDown)?
     }
 
-    /// Drops data older than `cutoff_unix_ms`: whole sample partitions, series with
-    /// no newer sample, and idempotency keys older than [`IDEMPOTENCY_WINDOW`].
-    pub async fn retention(&self, cutoff_unix_ms: i64) -> Result<RetentionOutcome, NodeError> {
+    /// Drops what `expiry` names: whole sample partitions, series with no newer sample, and
+    /// idempotency keys accepted before its key cutoff; `meta_puts` are committed in the same
+    /// atomic batch. Writes queued before it are committed first.
+    pub async fn retention(
+        &self,
+        expiry: Expiry,
+        meta_puts: MetaPuts,
+    ) -> Result<RetentionOutcome, NodeError> {
         let sender = self.sender()?;
         let (reply, answer) = oneshot::channel();
         sender
             .send(Job::Retention {
-                cutoff_unix_ms,
+                expiry,
+                meta_puts,
                 reply,
             })
             .await
@@ -319,12 +356,13 @@ impl WriterState {
                         reply,
                     } => jobs.push((writes, meta_puts, reply)),
                     Job::Retention {
-                        cutoff_unix_ms,
+                        expiry,
+                        meta_puts,
                         reply,
                     } => {
                         // Commit what came before, then expire alone.
                         self.commit_jobs(std::mem::take(&mut jobs));
-                        let result = self.expire(cutoff_unix_ms);
+                        let result = self.expire(expiry, meta_puts);
                         if result.is_err() {
                             self.reload_or_log();
                         }
@@ -458,9 +496,13 @@ impl WriterState {
     fn stage(
         &mut self,
         batch: &mut WriteBatch,
-        write: PreparedWrite,
+        accepted: AcceptedWrite,
         keys_in_batch: &mut HashSet<String>,
     ) -> Result<WriteOutcome, NodeError> {
+        let AcceptedWrite {
+            write,
+            accepted_unix_ms,
+        } = accepted;
         // Deduplication is per pprof payload (its `dedup_key`: batch key + labels +
         // payload), not per request: a batch may reach a group whole or in parts,
         // directly or forwarded, and a retry must store each payload once whatever
@@ -552,7 +594,8 @@ impl WriterState {
                 );
             }
         }
-        let stored_at = now_unix_ms().to_be_bytes();
+        // The acceptance time from the log entry, not this replica's clock: see `AcceptedWrite`.
+        let stored_at = accepted_unix_ms.to_be_bytes();
         for key in &fresh_payloads {
             batch.put_cf(meta_cf, keys::idempotency_key(self.group, key), stored_at);
             keys_in_batch.insert((*key).to_string());
@@ -672,7 +715,8 @@ impl WriterState {
         Ok(id)
     }
 
-    fn expire(&mut self, cutoff_unix_ms: i64) -> Result<RetentionOutcome, NodeError> {
+    fn expire(&mut self, expiry: Expiry, meta_puts: MetaPuts) -> Result<RetentionOutcome, NodeError> {
+        let cutoff_unix_ms = expiry.samples_before_unix_ms;
         let mut outcome = RetentionOutcome::default();
         let mut batch = WriteBatch::default();
         let storage = self.storage.clone();
@@ -723,7 +767,7 @@ impl WriterState {
             outcome.series_expired += 1;
         }
 
-        let key_cutoff = now_unix_ms() - IDEMPOTENCY_WINDOW.as_millis() as i64;
+        let key_cutoff = expiry.idempotency_keys_before_unix_ms;
         let meta_cf = storage.cf(keys::CF_META)?;
         let mut expired_keys = Vec::new();
         self.storage.scan_prefix(
@@ -740,6 +784,9 @@ impl WriterState {
             batch.delete_cf(meta_cf, key);
         }
         outcome.idempotency_keys_expired = expired_keys.len() as u64;
+        for (key, value) in meta_puts {
+            batch.put_cf(meta_cf, key, value);
+        }
 
         let mut options = WriteOptions::default();
         options.set_sync(true);
