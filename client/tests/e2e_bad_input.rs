@@ -198,3 +198,29 @@ fn connection_closed_while_sending(error: &reqwest::Error) -> bool {
     }
     false
 }
+
+/// Regression: `kiln ingest` of a profile already older than the node's retention succeeded, and the
+/// next retention pass (the first runs at start-up) deleted it. The user now gets the node's answer:
+/// which profile, its time, the retention, and the flag that keeps older profiles.
+#[test]
+fn ingesting_a_profile_older_than_the_retention_fails_and_says_why() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let node = TestNode::start_in(directory.path(), &["--retention", "1h"]);
+    let thirty_days_ago = now_nanos() - 30 * 24 * 3600 * 1_000_000_000;
+    let old_file = directory.path().join("old.pb.gz");
+    std::fs::write(&old_file, tiny_pprof("old", 7, thirty_days_ago)).expect("write the profile");
+    let output = node.kiln(&[
+        "ingest",
+        old_file.to_str().expect("utf-8"),
+        "--label",
+        "service=old",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the ingest must fail; stderr: {stderr}");
+    assert!(
+        stderr.contains("older than this node's retention of 1h") && stderr.contains("--retention"),
+        "the error says why and what to do: {stderr}"
+    );
+    let series = node.kiln_ok(&["series", "--from", "0", "--output", "json"]);
+    assert!(!series.contains("\"old\""), "nothing was stored: {series}");
+}

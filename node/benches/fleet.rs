@@ -333,7 +333,10 @@ fn ingest_phases(sample: &[api::WriteRequest], samples_in_sample: u64) -> Table 
     let requests: Vec<api::WriteRequest> = sample.to_vec();
     let started = Instant::now();
     for request in requests {
-        std::hint::black_box(kiln_node::ingest::prepare_write(request).expect("prepare_write"));
+        std::hint::black_box(
+            kiln_node::ingest::prepare_write(request, kiln_node::ingest::OldestKept::any_time())
+                .expect("prepare_write"),
+        );
     }
     add("+ symbols, hashes, stacks (prepare_write)", started.elapsed());
     table
@@ -475,7 +478,10 @@ fn real_profiles(directory: &std::path::Path) -> Table {
         let mut rounds = 0u32;
         let started = Instant::now();
         while started.elapsed() < Duration::from_millis(500) {
-            std::hint::black_box(kiln_node::ingest::prepare_write(request.clone()).expect("prepare_write"));
+            std::hint::black_box(
+                kiln_node::ingest::prepare_write(request.clone(), kiln_node::ingest::OldestKept::any_time())
+                    .expect("prepare_write"),
+            );
             rounds += 1;
         }
         let each = started.elapsed() / rounds.max(1);
@@ -621,7 +627,7 @@ fn main() {
         data_dir.display(),
         report::filesystem_of(&data_dir)
     );
-    let state = LocalGroup::open(NodeConfig::with_data_dir(data_dir.clone())).expect("open the node");
+    let state = LocalGroup::open(keep_the_fleet(&data_dir)).expect("open the node");
     let phase_sample: Vec<api::WriteRequest> = {
         let mut taken = Vec::new();
         let mut taken_profiles = 0;
@@ -734,7 +740,7 @@ fn main() {
     state.shutdown();
     drop(state);
     let started = Instant::now();
-    let state = LocalGroup::open(NodeConfig::with_data_dir(data_dir.clone())).expect("reopen the node");
+    let state = LocalGroup::open(keep_the_fleet(&data_dir)).expect("reopen the node");
     let reopen = started.elapsed();
 
     let request = merge_request(&spec);
@@ -936,4 +942,13 @@ fn main() {
         std::process::exit(1);
     }
     println!("\nchecks: every profile acknowledged; merge totals, profile and series counts equal the generated ones.");
+}
+
+/// The node's configuration for the fleet: the generated fleet is stamped at a fixed date in the
+/// past, which a node with the default retention (7 days) would reject.
+fn keep_the_fleet(data_dir: &std::path::Path) -> NodeConfig {
+    NodeConfig {
+        retention: std::time::Duration::from_secs(100 * 365 * 24 * 3600),
+        ..NodeConfig::with_data_dir(data_dir.to_path_buf())
+    }
 }

@@ -5,11 +5,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kiln_model::labels::{routing_hash, series_hash, LabelSet};
 use kiln_model::pprof::decode_pprof;
 use kiln_model::profile_type::ProfileType;
-use kiln_model::time::now_unix_nanos;
+use kiln_model::time::{format_unix_ms, now_unix_nanos};
 use kiln_proto::kiln::v1 as api;
 
 use crate::error::NodeError;
@@ -233,9 +234,44 @@ fn payload_dedup_key(idempotency_key: &str, labels: &LabelSet, raw: &api::RawPro
     format!("{:032x}", hasher.digest128())
 }
 
+/// The oldest profile time a node still accepts: that of a profile written exactly its retention ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OldestKept {
+    /// Profiles stamped before this are rejected.
+    pub unix_nanos: i64,
+    /// The retention it was computed from, for the error message.
+    pub retention: Duration,
+}
+
+impl OldestKept {
+    /// The limit for a node that keeps `retention` of samples, as of now.
+    pub fn now(retention: Duration) -> OldestKept {
+        let retention_nanos = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+        OldestKept {
+            unix_nanos: now_unix_nanos().saturating_sub(retention_nanos),
+            retention,
+        }
+    }
+
+    /// No limit: every time is accepted (benchmarks of the encoding alone).
+    pub fn any_time() -> OldestKept {
+        OldestKept {
+            unix_nanos: i64::MIN,
+            retention: Duration::MAX,
+        }
+    }
+}
+
 /// Validates and encodes a whole write request. Any invalid part rejects the whole
 /// request, so nothing of a bad batch is stored.
-pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeError> {
+///
+/// A profile stamped before `oldest_kept` is invalid: the next retention pass would delete it, so
+/// acknowledging it would be a promise the node does not keep (it used to be acknowledged and then
+/// silently deleted, possibly within a second).
+pub fn prepare_write(
+    request: api::WriteRequest,
+    oldest_kept: OldestKept,
+) -> Result<PreparedWrite, NodeError> {
     let idempotency_key = request.idempotency_key;
     if idempotency_key.is_empty() {
         return Err(NodeError::InvalidArgument("idempotency_key is required".into()));
@@ -279,6 +315,15 @@ pub fn prepare_write(request: api::WriteRequest) -> Result<PreparedWrite, NodeEr
                 (0, fallback) if fallback != 0 => fallback,
                 _ => received_at,
             };
+            if time_unix_nanos < oldest_kept.unix_nanos {
+                return Err(NodeError::InvalidArgument(format!(
+                    "series {series_index} profile {profile_index}: its time {} is older than this node's \
+                     retention of {}; it would be deleted at the next retention pass (start the node with \
+                     a longer --retention to keep older profiles)",
+                    format_unix_ms(time_unix_nanos.div_euclid(1_000_000)),
+                    humantime::format_duration(oldest_kept.retention),
+                )));
+            }
             let symbols = profile_symbols(&parsed);
             let mut used_symbols = Vec::with_capacity(symbols.writes.len());
             for write in symbols.writes {

@@ -106,6 +106,7 @@ impl NodeState {
             metrics.clone(),
             config.data_dir.clone(),
             config.write_queue_depth,
+            config.retention,
         )
         .await?;
         cluster.spawn_background();
@@ -145,6 +146,11 @@ impl NodeState {
                     Err(NodeError::ShuttingDown) => return,
                     Err(error) => tracing::error!(%error, "retention pass failed"),
                 }
+                // A pass expires only the groups led here. A group still electing its leader (every
+                // group at start-up) was skipped by everyone: pass again soon, not an interval later.
+                if state.cluster.some_data_group_without_leader() {
+                    ticker.reset_after(interval.min(RETENTION_RETRY_WHILE_ELECTING));
+                }
             }
         })
     }
@@ -157,6 +163,9 @@ impl NodeState {
         }
     }
 }
+
+/// How soon a retention pass runs again when a local data group had no leader at the last one.
+const RETENTION_RETRY_WHILE_ELECTING: Duration = Duration::from_secs(2);
 
 /// One group's storage engine without raft: the writer thread and query engine
 /// over group [`LOCAL_GROUP`]. For tests and benchmarks of storage and queries.
@@ -199,7 +208,8 @@ impl LocalGroup {
         &self,
         request: kiln_proto::kiln::v1::WriteRequest,
     ) -> Result<kiln_proto::kiln::v1::WriteResponse, NodeError> {
-        let prepared = tokio::task::spawn_blocking(move || ingest::prepare_write(request))
+        let oldest_kept = ingest::OldestKept::now(self.config.retention);
+        let prepared = tokio::task::spawn_blocking(move || ingest::prepare_write(request, oldest_kept))
             .await
             .map_err(|error| NodeError::Internal(format!("prepare failed: {error}")))??;
         let outcome = self.writer.write(prepared).await?;

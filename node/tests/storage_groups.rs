@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use kiln_node::ingest::prepare_write;
+use kiln_node::ingest::{prepare_write, OldestKept};
 use kiln_node::metrics::Metrics;
 use kiln_node::storage::writer::Writer;
 use kiln_node::storage::{Storage, StorageOptions};
@@ -39,11 +39,11 @@ async fn stack_cache_keeps_groups_apart() {
     let cpu_group = Writer::start(storage.clone(), 1, 16, metrics.clone()).expect("writer 1");
     let heap_group = Writer::start(storage.clone(), 2, 16, metrics).expect("writer 2");
     cpu_group
-        .write(prepare_write(request("a", "cpu.pb.gz")).expect("prepare"))
+        .write(prepare_write(request("a", "cpu.pb.gz"), OldestKept::any_time()).expect("prepare"))
         .await
         .expect("write cpu");
     heap_group
-        .write(prepare_write(request("b", "heap.pb.gz")).expect("prepare"))
+        .write(prepare_write(request("b", "heap.pb.gz"), OldestKept::any_time()).expect("prepare"))
         .await
         .expect("write heap");
     // Fill the cache from group 1, then read the same dense id of group 2.
@@ -90,16 +90,16 @@ async fn stripping_stored_content_stores_the_same_records_as_the_whole_write() {
     let stripped = Writer::start(stripped_storage.clone(), 1, 16, metrics.clone()).expect("writer");
     for writer in [&whole, &stripped] {
         writer
-            .write(prepare_write(request("first", "cpu-1.pb.gz")).expect("prepare"))
+            .write(prepare_write(request("first", "cpu-1.pb.gz"), OldestKept::any_time()).expect("prepare"))
             .await
             .expect("write");
     }
     for (key, file) in [("second", "cpu-2.pb.gz"), ("third", "cpu-1.pb.gz")] {
         whole
-            .write(prepare_write(request(key, file)).expect("prepare"))
+            .write(prepare_write(request(key, file), OldestKept::any_time()).expect("prepare"))
             .await
             .expect("write whole");
-        let mut write = prepare_write(request(key, file)).expect("prepare");
+        let mut write = prepare_write(request(key, file), OldestKept::any_time()).expect("prepare");
         let left_out = write.strip_committed(&stripped.committed_content());
         assert!(left_out.stacks > 0, "{file}: no stored stack was left out");
         assert!(left_out.symbols > 0, "{file}: no stored symbol was left out");

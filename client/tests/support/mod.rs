@@ -161,8 +161,13 @@ impl TestNode {
 
     /// Restarts on the same data directory (after `stop` or `kill9`).
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// Restarts on the same data directory with extra flags (after `stop` or `kill9`).
+    pub fn restart_with(&mut self, extra: &[&str]) {
         assert!(self.child.is_none(), "stop or kill the node first");
-        let restarted = TestNode::start_in(&self.data_dir, &[]);
+        let restarted = TestNode::start_in(&self.data_dir, extra);
         self.address = restarted.address.clone();
         self.child = restarted.into_child();
     }

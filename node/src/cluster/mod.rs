@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use self::internal::{Failure, GroupReport, ProbeReport, Request, Response};
 use self::map::{ClusterMap, MetaCommand, MetaResponse, NodeInfo, NodeState, METADATA_GROUP};
 use crate::error::NodeError;
-use crate::ingest::{prepare_write, AcceptedWrite};
+use crate::ingest::{prepare_write, AcceptedWrite, OldestKept};
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
 use crate::raft::log_store::LogStore;
@@ -135,6 +135,8 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     data_dir: PathBuf,
     write_queue_depth: usize,
+    /// How long samples are kept: writes of older profiles are rejected.
+    retention: Duration,
     /// Shared peer connections (raft and internal calls).
     pub peers: Arc<PeerChannels>,
     /// Test-only network faults (empty in production).
@@ -171,6 +173,7 @@ impl Cluster {
         metrics: Arc<Metrics>,
         data_dir: PathBuf,
         write_queue_depth: usize,
+        retention: Duration,
     ) -> Result<Arc<Cluster>, NodeError> {
         let identity = match storage.get(keys::CF_META, &keys::node_identity_key())? {
             Some(bytes) => Some(
@@ -221,6 +224,7 @@ impl Cluster {
             metrics,
             data_dir,
             write_queue_depth,
+            retention,
             peers,
             faults: Arc::new(FaultInjector::default()),
             replicas: RwLock::new(BTreeMap::new()),
@@ -630,8 +634,10 @@ impl Cluster {
 
     /// Stores a write request: validated and encoded once here, split by group,
     /// each part committed through its group's raft. Acknowledged when every part is.
+    /// A profile older than the retention rejects the request (see [`prepare_write`]).
     pub async fn write(&self, request: api::WriteRequest) -> Result<api::WriteResponse, NodeError> {
-        let prepared = tokio::task::spawn_blocking(move || prepare_write(request))
+        let oldest_kept = OldestKept::now(self.retention);
+        let prepared = tokio::task::spawn_blocking(move || prepare_write(request, oldest_kept))
             .await
             .map_err(|error| NodeError::Internal(format!("prepare failed: {error}")))??;
         let view = self.view();
@@ -932,6 +938,13 @@ impl Cluster {
                 let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
             }
         }
+    }
+
+    /// Whether a data group hosted here knows no leader (an election is under way).
+    pub fn some_data_group_without_leader(&self) -> bool {
+        self.replicas().iter().any(|replica| {
+            replica.writer.is_some() && replica.raft.metrics().borrow().current_leader.is_none()
+        })
     }
 
     /// Retention pass: proposes `expiry` to every data group this node leads, so that each group's
