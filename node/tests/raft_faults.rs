@@ -3,6 +3,7 @@
 //! and faults (drop, delay, partition a node or one group) injected on the
 //! sending side of every raft RPC. Every wait is on raft metrics with a deadline.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -892,6 +893,65 @@ fn replica_series(node: &TestNode, group: u32) -> usize {
         .expect("series")
         .series
         .len()
+}
+
+/// A fanned-out merge combines partials whose stacks overlap (the same profiles in both groups),
+/// with the symbol records read once on the coordinator. Its answer must be exactly the sum of what
+/// each group's own replica merges, whichever node coordinates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fanout_merge_equals_the_sum_of_every_group_s_own_merge() {
+    let nodes = start_cluster(3).await;
+    // Four real profiles under eight label sets: both groups hold many of the same stacks.
+    for round in 0..8 {
+        write_strip_round(&nodes[0], round).await;
+    }
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for group in 1..=2 {
+        wait_all_applied(&nodes, group).await;
+        let part = replica_merge(&nodes[0], group);
+        for (stack, value) in folded_lines(&part) {
+            *expected.entry(stack).or_default() += value;
+        }
+    }
+    assert!(
+        expected.len() > 100,
+        "the profiles have many stacks: {}",
+        expected.len()
+    );
+    for coordinator in &nodes {
+        let answer = coordinator
+            .state
+            .cluster
+            .merge(api::MergeRequest {
+                selection: Some(api::Selection {
+                    selector: r#"process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta{service="faults"}"#.into(),
+                    start_unix_ms: 0,
+                    end_unix_ms: 0,
+                }),
+                format: api::MergeFormat::Folded as i32,
+                options: None,
+                min_node_fraction: 0.0,
+                top_limit: 0,
+            })
+            .await
+            .expect("merge");
+        let merged: BTreeMap<String, i64> = folded_lines(&answer).into_iter().collect();
+        assert_eq!(merged, expected, "through node {}", coordinator.id());
+    }
+    stop_all(nodes).await;
+}
+
+/// `(stack, value)` of each line of a folded merge answer.
+fn folded_lines(answer: &api::MergeResponse) -> Vec<(String, i64)> {
+    let Some(api::merge_response::Result::Folded(text)) = &answer.result else {
+        panic!("not a folded answer: {:?}", answer.result);
+    };
+    text.lines()
+        .map(|line| {
+            let (stack, value) = line.rsplit_once(' ').expect("stack value");
+            (stack.to_string(), value.parse().expect("value"))
+        })
+        .collect()
 }
 
 /// The `service="faults"` series, counted through a fanned-out query that `node` coordinates.
