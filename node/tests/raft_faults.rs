@@ -439,21 +439,26 @@ fn replica_engine(node: &TestNode, group: u32) -> kiln_node::query::QueryEngine 
         .expect("engine")
 }
 
+/// The merge of every `service="faults"` CPU profile, folded, untruncated.
+fn folded_cpu_merge() -> api::MergeRequest {
+    api::MergeRequest {
+        selection: Some(api::Selection {
+            selector: r#"process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta{service="faults"}"#.into(),
+            start_unix_ms: 0,
+            end_unix_ms: 0,
+        }),
+        format: api::MergeFormat::Folded as i32,
+        options: None,
+        min_node_fraction: 0.0,
+        top_limit: 0,
+    }
+}
+
 /// The full merged tree of every CPU profile in `group`, as `node`'s own replica
 /// stores it (no fan-out).
 fn replica_merge(node: &TestNode, group: u32) -> api::MergeResponse {
     replica_engine(node, group)
-        .merge(&api::MergeRequest {
-            selection: Some(api::Selection {
-                selector: r#"process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta{service="faults"}"#.into(),
-                start_unix_ms: 0,
-                end_unix_ms: 0,
-            }),
-            format: api::MergeFormat::Folded as i32,
-            options: None,
-            min_node_fraction: 0.0,
-            top_limit: 0,
-        })
+        .merge(&folded_cpu_merge())
         .expect("merge")
 }
 
@@ -922,17 +927,7 @@ async fn fanout_merge_equals_the_sum_of_every_group_s_own_merge() {
         let answer = coordinator
             .state
             .cluster
-            .merge(api::MergeRequest {
-                selection: Some(api::Selection {
-                    selector: r#"process_cpu:cpu:nanoseconds:cpu:nanoseconds:delta{service="faults"}"#.into(),
-                    start_unix_ms: 0,
-                    end_unix_ms: 0,
-                }),
-                format: api::MergeFormat::Folded as i32,
-                options: None,
-                min_node_fraction: 0.0,
-                top_limit: 0,
-            })
+            .merge(folded_cpu_merge())
             .await
             .expect("merge");
         let merged: BTreeMap<String, i64> = folded_lines(&answer).into_iter().collect();
