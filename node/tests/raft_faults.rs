@@ -780,14 +780,10 @@ async fn retention_a_pass_on_the_leader_alone_expires_every_replica_of_its_group
         .iter()
         .map(|each| (1..=2).map(|group| replica_series(each, group)).collect())
         .collect();
-    let tomorrow = now_unix_ms() + 24 * 3600 * 1000;
     let expired = node(&nodes, leader)
         .state
         .cluster
-        .run_retention(Expiry {
-            samples_before_unix_ms: tomorrow,
-            idempotency_keys_before_unix_ms: i64::MIN,
-        })
+        .run_retention(expire_every_sample())
         .await
         .expect("retention pass");
     assert!(
@@ -815,6 +811,65 @@ async fn retention_a_pass_on_the_leader_alone_expires_every_replica_of_its_group
             }
         }
     }
+    stop_all(nodes).await;
+}
+
+/// A leader cut off from one of its groups does not know it was replaced, and its expiry of that
+/// group cannot commit. The pass must give up on that group after the group query timeout, still
+/// expire the node's other groups, and say which group it could not expire. (Without a bound on the
+/// proposal, the pass waited until the partition healed, and with it every later pass of the node.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_a_group_that_cannot_commit_does_not_hold_up_the_others() {
+    let nodes = start_cluster(3).await;
+    write_rounds(&nodes[0], "old", 8).await;
+    // One node leads both data groups.
+    let leader = wait_leader_of(&nodes, 1).await;
+    let leader_node = node(&nodes, leader);
+    if leader_of(&nodes, 2) != Some(leader) {
+        let replica = leader_node.state.cluster.replica(2).expect("replica");
+        wait_for("the leader of group 1 to lead group 2 too", || {
+            let leads = leader_of(&nodes, 2) == Some(leader);
+            if !leads {
+                let raft = replica.raft.clone();
+                tokio::spawn(async move { raft.trigger().elect().await });
+            }
+            leads
+        })
+        .await;
+    }
+    for group in 1..=2 {
+        wait_all_applied(&nodes, group).await;
+        assert!(
+            replica_series(leader_node, group) > 0,
+            "group {group} holds series"
+        );
+    }
+    // Group 1's followers no longer hear from the leader (nor it from them).
+    for each in &nodes {
+        for follower in nodes.iter().map(TestNode::id).filter(|id| *id != leader) {
+            each.state.cluster.faults.isolate_group_replica(1, follower);
+        }
+    }
+    let error = leader_node
+        .state
+        .cluster
+        .run_retention(expire_every_sample())
+        .await
+        .expect_err("group 1 cannot commit its expiry");
+    assert!(
+        error.to_string().contains("group 1"),
+        "the error names the group: {error}"
+    );
+    wait_all_applied(&nodes, 2).await;
+    for each in &nodes {
+        assert_eq!(
+            replica_series(each, 2),
+            0,
+            "node {} still holds group 2's old series",
+            each.id()
+        );
+    }
+    heal_all(&nodes);
     stop_all(nodes).await;
 }
 
@@ -882,6 +937,15 @@ async fn retention_a_retry_after_its_key_expired_is_stored_again_on_every_replic
         );
     }
     stop_all(nodes).await;
+}
+
+/// An expiry of every sample written until now (whatever time the shared profiles carry), keeping
+/// every idempotency key.
+fn expire_every_sample() -> Expiry {
+    Expiry {
+        samples_before_unix_ms: now_unix_ms() + 24 * 3600 * 1000,
+        idempotency_keys_before_unix_ms: i64::MIN,
+    }
 }
 
 /// The `service="faults"` series that `node`'s own replica of `group` lists (no fan-out).

@@ -949,33 +949,45 @@ impl Cluster {
 
     /// Retention pass: proposes `expiry` to every data group this node leads, so that each group's
     /// replicas drop the same data at the same log position. Groups led elsewhere are left to their
-    /// leader's own pass. Returns the groups it expired.
+    /// leader's own pass. Returns the groups it expired; fails naming every group it could not
+    /// expire (after trying all of them), which the next pass tries again.
     ///
     /// Why through the log and not on each replica by itself: replicas that expired at their own
     /// times held different data between passes, and a leader change could bring expired data back;
     /// and idempotency keys forgotten by one replica but not another made a late retry a duplicate
     /// on some replicas and new data on others.
+    ///
+    /// Each proposal gets `--group-query-timeout`: a leader cut off from its group does not know it
+    /// was replaced, and its proposal would wait until the partition heals, holding up the other
+    /// groups' expiry and every later pass of this node.
     pub async fn run_retention(&self, expiry: Expiry) -> Result<Vec<GroupId>, NodeError> {
+        let timeout = self.config.group_query_timeout;
         let mut expired = Vec::new();
+        let mut failures = Vec::new();
         for replica in self.replicas() {
+            let group = replica.group;
             let leads = replica.raft.metrics().borrow().state == ServerState::Leader;
             if replica.writer.is_none() || !leads {
                 continue;
             }
-            match self.propose(replica.group, Command::Expire(expiry)).await? {
-                CommandResponse::Expired(outcome) => {
-                    tracing::debug!(group = replica.group, ?outcome, "expired");
-                    expired.push(replica.group);
+            match tokio::time::timeout(timeout, self.propose(group, Command::Expire(expiry))).await {
+                Ok(Ok(CommandResponse::Expired(outcome))) => {
+                    tracing::debug!(group, ?outcome, "expired");
+                    expired.push(group);
                 }
-                other => {
-                    return Err(NodeError::Internal(format!(
-                        "group {} answered {other:?} to an expiry",
-                        replica.group
-                    )))
-                }
+                Ok(Ok(other)) => failures.push(format!("group {group} answered {other:?}")),
+                Ok(Err(NodeError::ShuttingDown)) => return Err(NodeError::ShuttingDown),
+                Ok(Err(error)) => failures.push(format!("group {group}: {error}")),
+                Err(_) => failures.push(format!("group {group}: not committed within {timeout:?}")),
             }
         }
-        Ok(expired)
+        if failures.is_empty() {
+            return Ok(expired);
+        }
+        Err(unavailable(format!(
+            "retention pass: {} (the next pass tries again)",
+            failures.join("; ")
+        )))
     }
 
     /// Handles an internal request from another node.
