@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kiln_model::time::now_unix_ms;
 use kiln_node::cluster::ClusterConfig;
-use kiln_node::raft::NodeId;
+use kiln_node::raft::{Command, NodeId};
 use kiln_node::storage::writer::Expiry;
 use kiln_node::{NodeConfig, NodeState};
 use kiln_proto::kiln::v1 as api;
@@ -869,6 +869,35 @@ async fn retention_a_group_that_cannot_commit_does_not_hold_up_the_others() {
             each.id()
         );
     }
+    heal_all(&nodes);
+    stop_all(nodes).await;
+}
+
+/// Regression: a proposal through a leader cut off from its group waited until the partition
+/// healed (the leader does not learn that it was replaced), although `propose` promises to give up
+/// after its 15 s deadline. Now every attempt is bounded by that deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn propose_through_a_cut_off_leader_gives_up_at_its_deadline() {
+    let nodes = start_cluster(3).await;
+    let leader = wait_leader_of(&nodes, 1).await;
+    for each in &nodes {
+        for follower in nodes.iter().map(TestNode::id).filter(|id| *id != leader) {
+            each.state.cluster.faults.isolate_group_replica(1, follower);
+        }
+    }
+    let keep_everything = Expiry {
+        samples_before_unix_ms: i64::MIN,
+        idempotency_keys_before_unix_ms: i64::MIN,
+    };
+    let proposal = node(&nodes, leader)
+        .state
+        .cluster
+        .propose(1, Command::Expire(keep_everything));
+    let answer = tokio::time::timeout(Duration::from_secs(40), proposal)
+        .await
+        .expect("the proposal gives up at its 15 s deadline, not when the partition heals");
+    let error = answer.expect_err("a leader without its group cannot commit");
+    assert!(error.to_string().contains("group 1"), "{error}");
     heal_all(&nodes);
     stop_all(nodes).await;
 }

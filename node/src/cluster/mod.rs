@@ -160,6 +160,9 @@ pub struct Cluster {
     stopping: watch::Sender<bool>,
 }
 
+/// How long [`Cluster::propose`] tries before it fails.
+const PROPOSAL_DEADLINE: Duration = Duration::from_secs(15);
+
 fn unavailable(message: impl Into<String>) -> NodeError {
     NodeError::Unavailable(message.into())
 }
@@ -569,17 +572,37 @@ impl Cluster {
         }
     }
 
+    /// [`Self::propose_local`], given up at `deadline`. Why: a leader cut off from its group does
+    /// not learn that it was replaced until the partition heals, and its proposal waits that long.
+    /// A proposal given up may still commit later; writes carry idempotency keys for that.
+    async fn propose_local_until(
+        &self,
+        group: GroupId,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<CommandResponse, Failure> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, self.propose_local(group, command)).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Unavailable(format!(
+                "group {group}: not committed in time through this node's replica"
+            ))),
+        }
+    }
+
     /// Proposes `command` to `group`'s leader, wherever it is; retries through
-    /// elections and stale routing until the deadline.
+    /// elections and stale routing until the deadline (15 s), which also bounds each attempt.
     pub async fn propose(&self, group: GroupId, command: Command) -> Result<CommandResponse, NodeError> {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + PROPOSAL_DEADLINE;
         let mut redirect: Option<String> = None;
         let mut last_failure = String::from("no replica known");
         let mut attempt = 0u32;
         while Instant::now() < deadline {
             attempt += 1;
             let result = match redirect.take() {
-                None if self.replica(group).is_some() => self.propose_local(group, command.clone()).await,
+                None if self.replica(group).is_some() => {
+                    self.propose_local_until(group, command.clone(), deadline).await
+                }
                 target => {
                     let addresses = match target {
                         Some(address) => vec![address],
@@ -590,13 +613,15 @@ impl Cluster {
                     )));
                     for address in addresses {
                         if address == self.config.advertise_address {
-                            result = self.propose_local(group, command.clone()).await;
+                            result = self.propose_local_until(group, command.clone(), deadline).await;
                         } else {
                             let request = Request::Propose {
                                 group,
                                 command: command.clone(),
                             };
-                            result = match self.call(&address, &request, Duration::from_secs(10)).await {
+                            let remaining = deadline.saturating_duration_since(Instant::now());
+                            let timeout = remaining.clamp(Duration::from_millis(1), Duration::from_secs(10));
+                            result = match self.call(&address, &request, timeout).await {
                                 Ok(Response::Command(answer)) => Ok(answer),
                                 Ok(other) => {
                                     Err(Failure::Unavailable(format!("unexpected answer {other:?}")))
