@@ -53,7 +53,30 @@ pub struct Batcher {
     labels: Vec<proto::Label>,
     limits: BatchLimits,
     pending: Vec<proto::RawProfile>,
+    pending_sources: Vec<String>,
     pending_bytes: usize,
+}
+
+/// A write request ready to send, with where each of its profiles came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// The request: one series, its profiles in push order.
+    pub request: proto::WriteRequest,
+    /// Per profile of the request, in the same order, what it came from (a file's path). The node
+    /// names a bad profile by its index in the request; this turns that into something a user knows.
+    pub sources: Vec<String>,
+}
+
+impl Batch {
+    /// The sources numbered as the node numbers the profiles: `profile 0 = a.pb.gz, profile 1 = …`.
+    pub fn describe_sources(&self) -> String {
+        self.sources
+            .iter()
+            .enumerate()
+            .map(|(index, source)| format!("profile {index} = {source}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl Batcher {
@@ -63,12 +86,14 @@ impl Batcher {
             labels,
             limits,
             pending: Vec::new(),
+            pending_sources: Vec::new(),
             pending_bytes: 0,
         }
     }
 
-    /// Adds a profile; returns the batches that became ready to send (zero, one or two).
-    pub fn push(&mut self, profile: proto::RawProfile) -> Vec<proto::WriteRequest> {
+    /// Adds a profile read from `source`; returns the batches that became ready to send (zero, one
+    /// or two).
+    pub fn push(&mut self, profile: proto::RawProfile, source: impl Into<String>) -> Vec<Batch> {
         let mut ready = Vec::new();
         let size = profile.pprof.len();
         if !self.pending.is_empty() && self.pending_bytes.saturating_add(size) > self.limits.max_bytes {
@@ -76,6 +101,7 @@ impl Batcher {
         }
         self.pending_bytes += size;
         self.pending.push(profile);
+        self.pending_sources.push(source.into());
         if self.pending.len() >= self.limits.max_profiles.max(1)
             || self.pending_bytes >= self.limits.max_bytes
         {
@@ -85,22 +111,26 @@ impl Batcher {
     }
 
     /// Returns the last, partly filled batch, if any profile is left.
-    pub fn finish(&mut self) -> Option<proto::WriteRequest> {
+    pub fn finish(&mut self) -> Option<Batch> {
         self.take_batch()
     }
 
-    fn take_batch(&mut self) -> Option<proto::WriteRequest> {
+    fn take_batch(&mut self) -> Option<Batch> {
         if self.pending.is_empty() {
             return None;
         }
         self.pending_bytes = 0;
         let profiles = std::mem::take(&mut self.pending);
-        Some(proto::WriteRequest {
-            idempotency_key: new_idempotency_key(),
-            series: vec![proto::SeriesWrite {
-                labels: self.labels.clone(),
-                profiles,
-            }],
+        debug_assert_eq!(profiles.len(), self.pending_sources.len());
+        Some(Batch {
+            request: proto::WriteRequest {
+                idempotency_key: new_idempotency_key(),
+                series: vec![proto::SeriesWrite {
+                    labels: self.labels.clone(),
+                    profiles,
+                }],
+            },
+            sources: std::mem::take(&mut self.pending_sources),
         })
     }
 }
@@ -213,11 +243,31 @@ mod tests {
             },
         );
         let mut batches = Vec::new();
-        for size in [10, 10, 10, 10, 60, 50, 500, 1] {
-            batches.extend(batcher.push(profile(size)));
+        for (index, size) in [10, 10, 10, 10, 60, 50, 500, 1].into_iter().enumerate() {
+            batches.extend(batcher.push(profile(size), format!("file-{index}")));
         }
         batches.extend(batcher.finish());
         assert!(batcher.finish().is_none());
+        let sources: Vec<Vec<&str>> = batches
+            .iter()
+            .map(|batch| batch.sources.iter().map(String::as_str).collect())
+            .collect();
+        assert_eq!(
+            sources,
+            vec![
+                vec!["file-0", "file-1", "file-2"],
+                vec!["file-3", "file-4"],
+                vec!["file-5"],
+                vec!["file-6"],
+                vec!["file-7"]
+            ],
+            "each batch knows where each of its profiles came from, in request order"
+        );
+        assert_eq!(
+            batches[1].describe_sources(),
+            "profile 0 = file-3, profile 1 = file-4"
+        );
+        let batches: Vec<proto::WriteRequest> = batches.into_iter().map(|batch| batch.request).collect();
         let shapes: Vec<Vec<usize>> = batches
             .iter()
             .map(|batch| {

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kiln_client::client::{ConnectOptions, KilnClient, DEFAULT_SERVER};
-use kiln_client::ingest::{parse_label_argument, BatchLimits, Batcher, IngestSummary};
+use kiln_client::ingest::{parse_label_argument, Batch, BatchLimits, Batcher, IngestSummary};
 use kiln_client::input::{expand_input_paths, load_profile_file};
 use kiln_client::render;
 use kiln_client::time::{now_unix_ms, parse_duration_ms, parse_time, parse_time_range, TimeRange};
@@ -458,13 +458,14 @@ async fn run_remove_node(client: &KilnClient, args: RemoveNodeArgs) -> Result<()
 
 async fn send_batch(
     client: &RoutingClient,
-    batch: proto::WriteRequest,
+    batch: Batch,
     summary: &mut IngestSummary,
     progress: &ProgressBar,
 ) -> Result<()> {
-    let profile_count: usize = batch.series.iter().map(|series| series.profiles.len()).sum();
+    let profile_count = batch.sources.len();
     progress.set_message(format!("sending a batch of {profile_count} profiles"));
-    match client.write(batch).await {
+    let sources = batch.describe_sources();
+    match client.write(batch.request).await {
         Ok(response) => {
             summary.add_response(&response);
             Ok(())
@@ -474,7 +475,8 @@ async fn send_batch(
             if summary.batches > 0 {
                 eprintln!("before the failure: {}", summary.describe());
             }
-            Err(error.into())
+            // The node names a bad profile by its place in the request ("series 0 profile 1").
+            Err(anyhow::Error::from(error).context(format!("the batch of {sources} was refused")))
         }
     }
 }
@@ -525,7 +527,7 @@ async fn run_ingest(client: &RoutingClient, args: IngestArgs) -> Result<()> {
             default_time_unix_nanos,
             delta: None,
         };
-        for batch in batcher.push(raw_profile) {
+        for batch in batcher.push(raw_profile, path.display().to_string()) {
             send_batch(client, batch, &mut summary, &progress).await?;
         }
         progress.inc(1);

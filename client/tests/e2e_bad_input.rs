@@ -201,7 +201,8 @@ fn connection_closed_while_sending(error: &reqwest::Error) -> bool {
 
 /// Regression: `kiln ingest` of a profile already older than the node's retention succeeded, and the
 /// next retention pass (the first runs at start-up) deleted it. The user now gets the node's answer:
-/// which profile, its time, the retention, and the flag that keeps older profiles.
+/// which profile (and the CLI adds which file that is), its time, the retention, and the flag that
+/// keeps older profiles.
 #[test]
 fn ingesting_a_profile_older_than_the_retention_fails_and_says_why() {
     let directory = tempfile::tempdir().expect("temp dir");
@@ -220,6 +221,11 @@ fn ingesting_a_profile_older_than_the_retention_fails_and_says_why() {
     assert!(
         stderr.contains("older than this node's retention of 1h") && stderr.contains("--retention"),
         "the error says why and what to do: {stderr}"
+    );
+    // The node numbers the profiles of a request; the CLI says which file each number is.
+    assert!(
+        stderr.contains("profile 0 = ") && stderr.contains("old.pb.gz"),
+        "the error names the file: {stderr}"
     );
     let series = node.kiln_ok(&["series", "--from", "0", "--output", "json"]);
     assert!(!series.contains("\"old\""), "nothing was stored: {series}");
