@@ -927,6 +927,33 @@ async fn propose_through_a_cut_off_leader_gives_up_at_its_deadline() {
     stop_all(nodes).await;
 }
 
+/// A retention pass expires only the groups led by its node, so a node whose group is electing a
+/// leader passes again within seconds instead of an interval later (`NodeState::spawn_retention`).
+/// This checks what that relies on: a node sees when one of its groups has no leader, and sees it
+/// end. (The timer itself has no test: a pass's effect shows only on a node that leads.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_a_node_sees_when_one_of_its_groups_has_no_leader() {
+    let nodes = start_cluster(3).await;
+    let leaderless = |node: &TestNode| node.state.cluster.some_data_group_without_leader();
+    wait_for("every group to have a leader", || !nodes.iter().any(leaderless)).await;
+    // Group 1 hears nothing: its followers give up on the leader and campaign in vain.
+    for each in &nodes {
+        for replica in nodes.iter().map(TestNode::id) {
+            each.state.cluster.faults.isolate_group_replica(1, replica);
+        }
+    }
+    wait_for("a node to see group 1 without a leader", || {
+        nodes.iter().any(leaderless)
+    })
+    .await;
+    heal_all(&nodes);
+    wait_for("group 1 to have a leader again everywhere", || {
+        !nodes.iter().any(leaderless)
+    })
+    .await;
+    stop_all(nodes).await;
+}
+
 /// Idempotency keys are forgotten by an expiry in the log (and stamped with the time in the log
 /// entry), so a retry after its key expired is new data on every replica alike. Regression: when
 /// each node forgot keys on its own pass, a retry after the leader's pass was stored by the leader
