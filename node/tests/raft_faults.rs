@@ -840,7 +840,7 @@ async fn retention_a_pass_on_the_leader_alone_expires_every_replica_of_its_group
 }
 
 /// A leader cut off from one of its groups does not know it was replaced, and its expiry of that
-/// group cannot commit. The pass must give up on that group after the group query timeout, still
+/// group cannot commit. The pass must give up on that group at the proposal deadline (15 s), still
 /// expire the node's other groups, and say which group it could not expire. (Without a bound on the
 /// proposal, the pass waited until the partition healed, and with it every later pass of the node.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

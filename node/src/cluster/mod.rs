@@ -653,7 +653,8 @@ impl Cluster {
             tokio::time::sleep(pause).await;
         }
         Err(unavailable(format!(
-            "group {group} did not accept the write in time: {last_failure}"
+            "group {group} did not accept the {} in time: {last_failure}",
+            command.kind()
         )))
     }
 
@@ -982,11 +983,10 @@ impl Cluster {
     /// and idempotency keys forgotten by one replica but not another made a late retry a duplicate
     /// on some replicas and new data on others.
     ///
-    /// Each proposal gets `--group-query-timeout`: a leader cut off from its group does not know it
-    /// was replaced, and its proposal would wait until the partition heals, holding up the other
-    /// groups' expiry and every later pass of this node.
+    /// Each proposal is bounded by [`Self::propose`]'s deadline: a leader cut off from its group
+    /// does not know it was replaced, and an unbounded proposal would hold up the other groups'
+    /// expiry and every later pass of this node.
     pub async fn run_retention(&self, expiry: Expiry) -> Result<Vec<GroupId>, NodeError> {
-        let timeout = self.config.group_query_timeout;
         let mut expired = Vec::new();
         let mut failures = Vec::new();
         for replica in self.replicas() {
@@ -995,15 +995,14 @@ impl Cluster {
             if replica.writer.is_none() || !leads {
                 continue;
             }
-            match tokio::time::timeout(timeout, self.propose(group, Command::Expire(expiry))).await {
-                Ok(Ok(CommandResponse::Expired(outcome))) => {
+            match self.propose(group, Command::Expire(expiry)).await {
+                Ok(CommandResponse::Expired(outcome)) => {
                     tracing::debug!(group, ?outcome, "expired");
                     expired.push(group);
                 }
-                Ok(Ok(other)) => failures.push(format!("group {group} answered {other:?}")),
-                Ok(Err(NodeError::ShuttingDown)) => return Err(NodeError::ShuttingDown),
-                Ok(Err(error)) => failures.push(format!("group {group}: {error}")),
-                Err(_) => failures.push(format!("group {group}: not committed within {timeout:?}")),
+                Ok(other) => failures.push(format!("group {group} answered {other:?}")),
+                Err(NodeError::ShuttingDown) => return Err(NodeError::ShuttingDown),
+                Err(error) => failures.push(error.to_string()),
             }
         }
         if failures.is_empty() {

@@ -68,6 +68,17 @@ pub enum Command {
     Expire(Expiry),
 }
 
+impl Command {
+    /// What the command is, in words for errors: "write", "expiry", "cluster-map change".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::UnstampedWrite(_) | Command::Write(_) => "write",
+            Command::Meta(_) => "cluster-map change",
+            Command::Expire(_) => "expiry",
+        }
+    }
+}
+
 /// What applying a [`Command`] (or a blank/membership entry) produced.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub enum CommandResponse {
