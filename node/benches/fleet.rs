@@ -627,7 +627,7 @@ fn main() {
         data_dir.display(),
         report::filesystem_of(&data_dir)
     );
-    let state = LocalGroup::open(keep_the_fleet(&data_dir)).expect("open the node");
+    let state = LocalGroup::open(NodeConfig::keeping_everything(data_dir.clone())).expect("open the node");
     let phase_sample: Vec<api::WriteRequest> = {
         let mut taken = Vec::new();
         let mut taken_profiles = 0;
@@ -740,7 +740,7 @@ fn main() {
     state.shutdown();
     drop(state);
     let started = Instant::now();
-    let state = LocalGroup::open(keep_the_fleet(&data_dir)).expect("reopen the node");
+    let state = LocalGroup::open(NodeConfig::keeping_everything(data_dir.clone())).expect("reopen the node");
     let reopen = started.elapsed();
 
     let request = merge_request(&spec);
@@ -942,13 +942,4 @@ fn main() {
         std::process::exit(1);
     }
     println!("\nchecks: every profile acknowledged; merge totals, profile and series counts equal the generated ones.");
-}
-
-/// The node's configuration for the fleet: the generated fleet is stamped at a fixed date in the
-/// past, which a node with the default retention (7 days) would reject.
-fn keep_the_fleet(data_dir: &std::path::Path) -> NodeConfig {
-    NodeConfig {
-        retention: std::time::Duration::from_secs(100 * 365 * 24 * 3600),
-        ..NodeConfig::with_data_dir(data_dir.to_path_buf())
-    }
 }

@@ -64,6 +64,16 @@ impl NodeConfig {
             storage: StorageOptions::default(),
         }
     }
+
+    /// [`Self::with_data_dir`] with a retention of 100 years: for profiles stamped at fixed
+    /// dates in the past (test data, generated fleets), which the default retention would
+    /// refuse at ingest and expire.
+    pub fn keeping_everything(data_dir: PathBuf) -> Self {
+        NodeConfig {
+            retention: Duration::from_secs(100 * 365 * 24 * 3600),
+            ..NodeConfig::with_data_dir(data_dir)
+        }
+    }
 }
 
 fn open_storage(config: &NodeConfig) -> Result<Storage, NodeError> {

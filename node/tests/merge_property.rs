@@ -139,11 +139,7 @@ proptest! {
         let directory = tempfile::tempdir().expect("temp dir");
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         // The profiles are stamped at a fixed date: keep them whatever today's date is.
-        let config = NodeConfig {
-            retention: std::time::Duration::from_secs(100 * 365 * 24 * 3600),
-            ..NodeConfig::with_data_dir(directory.path().to_path_buf())
-        };
-        let state = LocalGroup::open(config).expect("open");
+        let state = LocalGroup::open(NodeConfig::keeping_everything(directory.path().to_path_buf())).expect("open");
         let base_time_nanos = 1_764_000_000_000_000_000i64;
         runtime.block_on(async {
             for (index, profile) in profiles.iter().enumerate() {

@@ -65,10 +65,7 @@ async fn start_node_with(join: Option<String>, group_query_timeout: Duration) ->
     cluster.dead_node_timeout = Duration::from_secs(60);
     cluster.group_query_timeout = group_query_timeout;
     // The shared Go profiles keep the time they were recorded at; keep them whatever today's date is.
-    let config = NodeConfig {
-        retention: Duration::from_secs(100 * 365 * 24 * 3600),
-        ..NodeConfig::with_data_dir(directory.path().to_path_buf())
-    };
+    let config = NodeConfig::keeping_everything(directory.path().to_path_buf());
     let max_message_bytes = config.max_message_bytes;
     // A joining node asks the first node's server, which is already serving.
     let state = NodeState::open(config, cluster).await.expect("open node");
