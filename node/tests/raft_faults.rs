@@ -397,6 +397,16 @@ async fn wait_all_applied(nodes: &[TestNode], group: u32) -> NodeId {
     leader
 }
 
+/// Cuts every replica of `group` but `leader`'s off the group's traffic: the leader hears from no
+/// follower and they not from it, while its other groups are untouched.
+fn cut_the_followers_off(nodes: &[TestNode], group: u32, leader: NodeId) {
+    for each in nodes {
+        for follower in nodes.iter().map(TestNode::id).filter(|id| *id != leader) {
+            each.state.cluster.faults.isolate_group_replica(group, follower);
+        }
+    }
+}
+
 /// Cuts one follower of `group` off the group's traffic (its other groups are
 /// untouched); returns (leader, that follower).
 async fn cut_off_one_follower(nodes: &[TestNode], group: u32) -> (NodeId, NodeId) {
@@ -866,12 +876,7 @@ async fn retention_a_group_that_cannot_commit_does_not_hold_up_the_others() {
             "group {group} holds series"
         );
     }
-    // Group 1's followers no longer hear from the leader (nor it from them).
-    for each in &nodes {
-        for follower in nodes.iter().map(TestNode::id).filter(|id| *id != leader) {
-            each.state.cluster.faults.isolate_group_replica(1, follower);
-        }
-    }
+    cut_the_followers_off(&nodes, 1, leader);
     let error = leader_node
         .state
         .cluster
@@ -902,11 +907,7 @@ async fn retention_a_group_that_cannot_commit_does_not_hold_up_the_others() {
 async fn propose_through_a_cut_off_leader_gives_up_at_its_deadline() {
     let nodes = start_cluster(3).await;
     let leader = wait_leader_of(&nodes, 1).await;
-    for each in &nodes {
-        for follower in nodes.iter().map(TestNode::id).filter(|id| *id != leader) {
-            each.state.cluster.faults.isolate_group_replica(1, follower);
-        }
-    }
+    cut_the_followers_off(&nodes, 1, leader);
     let keep_everything = Expiry {
         samples_before_unix_ms: i64::MIN,
         idempotency_keys_before_unix_ms: i64::MIN,
