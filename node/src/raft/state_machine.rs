@@ -413,15 +413,18 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 EntryPayload::Normal(Command::Expire(expiry)) => match &self.kind {
                     MachineKind::Data { writer } => {
                         // In log order: the writes before the expiry commit first, with the
-                        // applied log id of the entry before it; then the expiry, with its own.
+                        // applied log id of the entry before it; then the expiry, with its own
+                        // (which also covers blank and membership entries before it).
                         let before = std::mem::take(&mut writes);
-                        let applied_put = self.applied_put(&applied)?;
-                        outcomes.extend(
-                            writer
-                                .apply(before, vec![applied_put])
-                                .await
-                                .map_err(sm_write_error)?,
-                        );
+                        if !before.is_empty() {
+                            let applied_put = self.applied_put(&applied)?;
+                            outcomes.extend(
+                                writer
+                                    .apply(before, vec![applied_put])
+                                    .await
+                                    .map_err(sm_write_error)?,
+                            );
+                        }
                         applied.last_applied = Some(entry.log_id);
                         let applied_put = self.applied_put(&applied)?;
                         let outcome = writer
