@@ -86,7 +86,7 @@ pub struct RetentionOutcome {
 /// Replies to a write job: one outcome per write of the job.
 type WriteReply = oneshot::Sender<Result<Vec<WriteOutcome>, NodeError>>;
 /// `meta` column family records committed with a job's writes.
-type MetaPuts = Vec<(Vec<u8>, Vec<u8>)>;
+pub type MetaPuts = Vec<(Vec<u8>, Vec<u8>)>;
 /// A queued write job: writes, extra records, reply.
 type QueuedJob = (Vec<AcceptedWrite>, MetaPuts, WriteReply);
 
@@ -95,7 +95,7 @@ enum Job {
         writes: Vec<AcceptedWrite>,
         /// Extra `meta` records committed in the same batch (a raft group's applied
         /// log id): they become durable together with the writes or not at all.
-        meta_puts: Vec<(Vec<u8>, Vec<u8>)>,
+        meta_puts: MetaPuts,
         reply: WriteReply,
     },
     Retention {
@@ -196,7 +196,7 @@ impl Writer {
     pub async fn apply(
         &self,
         writes: Vec<AcceptedWrite>,
-        meta_puts: Vec<(Vec<u8>, Vec<u8>)>,
+        meta_puts: MetaPuts,
     ) -> Result<Vec<WriteOutcome>, NodeError> {
         let sender = self.sender()?;
         let (reply, answer) = oneshot::channel();
