@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 install_missing_packages clang libclang-dev
+ensure_build_space
 build_ui
 cargo build --release -p kiln-node -p kiln-client
 echo "kiln-node starting; query it with $CARGO_TARGET_DIR/release/kiln (see README.md)" >&2

@@ -15,6 +15,10 @@ if [ ! -d ../shared/testdata ]; then
     echo "error: ../shared/testdata is missing; the tests read the shared profiles beside the clone" >&2
     exit 1
 fi
+# Incremental state helps an edit-compile loop, not a test run of a fresh clone, and it is the
+# largest part of the cache that each clone path adds.
+export CARGO_INCREMENTAL=0
+ensure_build_space
 # The web UI first: kiln-node embeds ui/dist; its unit tests (vitest) are quick.
 build_ui
 (cd ui && npm test)
