@@ -927,10 +927,10 @@ async fn propose_through_a_cut_off_leader_gives_up_at_its_deadline() {
 
 /// A retention pass expires only the groups led by its node, so a node whose group is electing a
 /// leader passes again within seconds instead of an interval later (`NodeState::spawn_retention`).
-/// This checks what that relies on: a node sees when one of its groups has no leader, and sees it
-/// end. (The timer itself has no test: a pass's effect shows only on a node that leads.)
+/// A node sees when one of its groups has no leader, passes every couple of seconds while it does
+/// although its interval is an hour, and sees the leaderless time end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn retention_a_node_sees_when_one_of_its_groups_has_no_leader() {
+async fn retention_passes_again_within_seconds_while_a_group_has_no_leader() {
     let nodes = start_cluster(3).await;
     let leaderless = |node: &TestNode| node.state.cluster.some_data_group_without_leader();
     wait_for("every group to have a leader", || !nodes.iter().any(leaderless)).await;
@@ -944,6 +944,22 @@ async fn retention_a_node_sees_when_one_of_its_groups_has_no_leader() {
         nodes.iter().any(leaderless)
     })
     .await;
+    let watcher = nodes
+        .iter()
+        .find(|each| leaderless(each))
+        .expect("a node without a leader");
+    assert!(
+        watcher.state.config.retention_interval >= Duration::from_secs(3600),
+        "the test relies on an interval longer than its deadline"
+    );
+    let passes = || watcher.state.metrics.retention_passes.get();
+    let before = passes();
+    let retention = watcher.state.spawn_retention();
+    wait_for("three retention passes while group 1 has no leader", || {
+        passes() >= before + 3
+    })
+    .await;
+    retention.abort();
     heal_all(&nodes);
     wait_for("group 1 to have a leader again everywhere", || {
         !nodes.iter().any(leaderless)
