@@ -5,12 +5,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use kiln_model::json;
 use kiln_model::time::{now_unix_ms, parse_duration_ms, parse_time};
 use kiln_proto::kiln::v1 as api;
@@ -33,7 +36,10 @@ pub fn router(state: Arc<NodeState>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .route("/api/v1/ingest", post(ingest))
+        .route(
+            "/api/v1/ingest",
+            post(ingest).layer(Extension(IngestBodyLimit(max_body_bytes))),
+        )
         .route("/api/v1/query/merge", get(merge))
         .route("/api/v1/query/range", get(range))
         .route("/api/v1/query/diff", get(diff))
@@ -126,10 +132,13 @@ struct IngestParameters {
 /// body (gzipped or not).
 async fn ingest(
     State(state): State<Arc<NodeState>>,
+    Extension(IngestBodyLimit(limit)): Extension<IngestBodyLimit>,
     Query(parameters): Query<IngestParameters>,
     Query(all): Query<Vec<(String, String)>>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<json::WriteResult>, NodeError> {
+    let body = read_bounded_body(&headers, body, limit).await?;
     let labels: Vec<api::Label> = all
         .iter()
         .filter_map(|(key, value)| {
@@ -164,7 +173,7 @@ async fn ingest(
         series: vec![api::SeriesWrite {
             labels,
             profiles: vec![api::RawProfile {
-                pprof: Vec::from(body),
+                pprof: body,
                 name: parameters.name.unwrap_or_default(),
                 default_time_unix_nanos,
                 delta: None,
@@ -173,6 +182,73 @@ async fn ingest(
     };
     let response = super::grpc::write(&state, request).await?;
     Ok(Json(json::WriteResult::from(&response)))
+}
+
+/// The largest ingest body accepted, bytes (`--max-message-bytes`).
+#[derive(Clone, Copy)]
+struct IngestBodyLimit(usize);
+
+/// How long, and how many bytes beyond the limit, an over-limit upload is read and discarded before
+/// its 413 is sent.
+const OVER_LIMIT_DRAIN_TIME: Duration = Duration::from_secs(5);
+const OVER_LIMIT_DRAIN_BYTES: u64 = 256 << 20;
+
+/// Reads a request body of at most `limit` bytes; a larger one is `TooLarge` (413).
+///
+/// Guarantees the client can read that 413 in the common cases, where answering as soon as the limit
+/// is passed would not: a server that closes a connection with unread request bytes makes the kernel
+/// reset it, and the reset can destroy the answer before the client reads it. So:
+/// - a body declared too large (`Content-Length`) by a client waiting for `100 Continue` (curl does
+///   for large bodies) is refused without reading it: the client never sends it;
+/// - a client already sending has what it sends read and discarded, for at most
+///   [`OVER_LIMIT_DRAIN_TIME`] and [`OVER_LIMIT_DRAIN_BYTES`] past the limit, before the answer (what
+///   web servers call a lingering close). Beyond those bounds the reset is the client's answer.
+async fn read_bounded_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, NodeError> {
+    let declared_bytes = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let too_large = |size: String| {
+        NodeError::TooLarge(format!(
+            "the request body is {size} this node's limit of {limit} bytes (--max-message-bytes)"
+        ))
+    };
+    let mut stream = body.into_data_stream();
+    if let Some(declared_bytes) = declared_bytes.filter(|bytes| *bytes > limit as u64) {
+        let waits_for_continue = headers
+            .get(header::EXPECT)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !waits_for_continue {
+            drain_over_limit_body(&mut stream).await;
+        }
+        return Err(too_large(format!("{declared_bytes} bytes, over")));
+    }
+    let mut collected = Vec::with_capacity(declared_bytes.unwrap_or(0) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
+            NodeError::InvalidArgument(format!("the request body could not be read: {error}"))
+        })?;
+        if collected.len() + chunk.len() > limit {
+            drain_over_limit_body(&mut stream).await;
+            return Err(too_large("over".to_string()));
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(collected)
+}
+
+/// Reads and discards the rest of `stream`, within the drain bounds.
+async fn drain_over_limit_body(stream: &mut axum::body::BodyDataStream) {
+    let drain = async {
+        let mut drained_bytes = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            drained_bytes += chunk.len() as u64;
+            if drained_bytes > OVER_LIMIT_DRAIN_BYTES {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(OVER_LIMIT_DRAIN_TIME, drain).await;
 }
 
 /// `GET /api/v1/cluster/status`: nodes, groups, replicas and leaders, as probed
