@@ -68,7 +68,10 @@ fn describe_status(status: &tonic::Status, attempts: u32, server: &str) -> Strin
         source = cause.source();
     }
     let mut description = format!("{message} (gRPC status {:?})", status.code());
-    if status.code() == tonic::Code::Unavailable && !server.is_empty() {
+    // The hint is for failures to reach a node (they carry the transport error as their source),
+    // not for a node that answered it cannot take the request now and said why.
+    let unreachable = std::error::Error::source(status).is_some() || status.message().is_empty();
+    if status.code() == tonic::Code::Unavailable && unreachable && !server.is_empty() {
         description.push_str(&format!("; is a Kiln node listening at {server}?"));
     }
     if attempts > 1 {
@@ -109,5 +112,20 @@ mod tests {
         let expected_end =
             "(gRPC status Unavailable); is a Kiln node listening at http://node:7070?; gave up after 5 attempts";
         assert!(text.ends_with(expected_end), "{text}");
+    }
+
+    /// Regression: a node refusing writes for want of disk space was reported with "is a Kiln node
+    /// listening at ...?", which sent the user looking for a network problem.
+    #[test]
+    fn an_unavailable_answer_from_a_node_does_not_ask_whether_a_node_is_listening() {
+        let error = ClientError::Rpc {
+            operation: "write",
+            server: "http://node:7070".into(),
+            attempts: 3,
+            status: tonic::Status::unavailable("writes are refused until space is freed"),
+        };
+        let text = error.to_string();
+        assert!(!text.contains("listening"), "{text}");
+        assert!(text.ends_with("gave up after 3 attempts"), "{text}");
     }
 }
