@@ -59,6 +59,10 @@ struct Args {
     /// Largest gRPC message / HTTP body, bytes.
     #[arg(long, env = "KILN_MAX_MESSAGE_BYTES", default_value_t = kiln_node::server::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
+    /// Writes are refused (UNAVAILABLE / 503) while less than this many bytes are free on the data
+    /// directory's file system; queries, retention and cluster changes go on.
+    #[arg(long, env = "KILN_MIN_FREE_DISK_BYTES", default_value_t = kiln_node::storage::disk::DEFAULT_DISK_RESERVE_BYTES)]
+    min_free_disk_bytes: u64,
     /// Write requests queued before new ones get RESOURCE_EXHAUSTED / 429.
     #[arg(long, env = "KILN_WRITE_QUEUE_DEPTH", default_value_t = 1024)]
     write_queue_depth: usize,
@@ -146,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
     config.retention_interval = args.retention_interval;
     config.max_message_bytes = args.max_message_bytes;
     config.write_queue_depth = args.write_queue_depth;
+    config.storage.disk_reserve_bytes = args.min_free_disk_bytes;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

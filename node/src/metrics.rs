@@ -86,6 +86,10 @@ pub struct Metrics {
     pub retention_passes: Counter,
     /// Bytes of live SST files.
     pub disk_bytes: Gauge,
+    /// Bytes free on the data directory's file system, as last measured.
+    pub disk_free_bytes: Gauge,
+    /// Write proposals refused because the data directory's free space was under the reserve.
+    pub writes_refused_for_disk: Counter,
 }
 
 impl Default for Metrics {
@@ -156,6 +160,18 @@ impl Metrics {
         );
         let disk_bytes = Gauge::default();
         registry.register("disk_bytes", "bytes of live SST files", disk_bytes.clone());
+        let disk_free_bytes = Gauge::default();
+        registry.register(
+            "disk_free_bytes",
+            "bytes free on the data directory's file system, as last measured",
+            disk_free_bytes.clone(),
+        );
+        let writes_refused_for_disk = Counter::default();
+        registry.register(
+            "writes_refused_for_disk",
+            "write proposals refused because free disk space was under --min-free-disk-bytes",
+            writes_refused_for_disk.clone(),
+        );
         let raft_commit_seconds = Family::<GroupLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
@@ -263,6 +279,8 @@ impl Metrics {
             series_expired,
             retention_passes,
             disk_bytes,
+            disk_free_bytes,
+            writes_refused_for_disk,
         }
     }
 

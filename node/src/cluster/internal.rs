@@ -90,6 +90,10 @@ pub enum Failure {
     /// The request itself is invalid; retrying elsewhere will not help.
     #[error("{0}")]
     Invalid(String),
+    /// The leader refuses the request for now (its disk is under its reserve): retrying at once,
+    /// here or elsewhere, will not help; the client may retry later.
+    #[error("{0}")]
+    Refused(String),
     /// Anything else.
     #[error("{0}")]
     Unavailable(String),

@@ -553,6 +553,14 @@ impl Cluster {
         let Some(replica) = self.replica(group) else {
             return Err(Failure::NotHosted);
         };
+        // Checked where the entry would be appended: only a leader appends a proposal. Expiries and
+        // cluster changes pass, since they free space or are small.
+        if command.adds_data() {
+            self.storage.disk().admit_write().map_err(|message| {
+                self.metrics.writes_refused_for_disk.inc();
+                Failure::Refused(format!("group {group}: {message}"))
+            })?;
+        }
         let started = Instant::now();
         match replica.raft.client_write(command).await {
             Ok(response) => {
@@ -639,6 +647,7 @@ impl Cluster {
             match result {
                 Ok(answer) => return Ok(answer),
                 Err(Failure::Invalid(message)) => return Err(NodeError::InvalidArgument(message)),
+                Err(Failure::Refused(message)) => return Err(unavailable(message)),
                 Err(Failure::NotLeader {
                     leader: Some(address),
                 }) => {

@@ -8,6 +8,8 @@
 //!   map, finishes node removals and spreads leaders.
 //! - **janitor** (every node): drops replicas of groups whose committed membership
 //!   and map no longer include this node.
+//! - **disk watch** (every node): measures the data directory's free space, which
+//!   decides whether this node's leaders accept writes (`storage::disk`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use super::map::{MetaCommand, NodeState, METADATA_GROUP};
 use super::placement::{desired_replicas, Candidate};
 use super::{Cluster, NodeHealth};
 use crate::raft::NodeId;
+use crate::storage::disk::DISK_REFRESH_INTERVAL;
 use crate::storage::keys::GroupId;
 
 /// The metadata group's voters: up to this many nodes.
@@ -28,23 +31,33 @@ const MOVES_PER_PASS: usize = 2;
 /// learner that has not received its membership yet).
 pub(crate) const JANITOR_GRACE: Duration = Duration::from_secs(30);
 
+/// A ticker for a background loop: a slow round delays the next tick instead of bunching ticks.
+fn delayed_ticker(interval: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+/// The cluster a background loop works for, unless it was dropped or is stopping: the loop ends then.
+fn still_running(cluster: &std::sync::Weak<Cluster>) -> Option<Arc<Cluster>> {
+    let cluster = cluster.upgrade()?;
+    (!cluster.is_stopping()).then_some(cluster)
+}
+
 impl Cluster {
     /// Starts the background loops; they end when the node stops.
     pub fn spawn_background(self: &Arc<Self>) {
+        self.spawn_disk_watch();
         let cluster = Arc::downgrade(self);
         let interval = self.config.reconcile_interval;
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut ticker = delayed_ticker(interval);
             let mut moves: Option<tokio::task::JoinHandle<()>> = None;
             loop {
                 ticker.tick().await;
-                let Some(cluster) = cluster.upgrade() else {
+                let Some(cluster) = still_running(&cluster) else {
                     return;
                 };
-                if cluster.is_stopping() {
-                    return;
-                }
                 cluster.refresh_map().await;
                 cluster.update_metrics();
                 cluster.publish_address().await;
@@ -52,6 +65,32 @@ impl Cluster {
                 if moves.as_ref().is_none_or(|task| task.is_finished()) {
                     let worker = cluster.clone();
                     moves = Some(tokio::spawn(async move { worker.reconcile().await }));
+                }
+            }
+        });
+    }
+
+    /// Measures the data directory's free space every [`DISK_REFRESH_INTERVAL`], off the async
+    /// workers, so that writes refused under the reserve resume once space is freed.
+    fn spawn_disk_watch(self: &Arc<Self>) {
+        let cluster = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = delayed_ticker(DISK_REFRESH_INTERVAL);
+            loop {
+                ticker.tick().await;
+                let Some(cluster) = still_running(&cluster) else {
+                    return;
+                };
+                let storage = cluster.storage.clone();
+                match tokio::task::spawn_blocking(move || storage.disk().refresh()).await {
+                    Ok(Ok(available)) => {
+                        cluster
+                            .metrics
+                            .disk_free_bytes
+                            .set(available.min(i64::MAX as u64) as i64);
+                    }
+                    Ok(Err(error)) => tracing::debug!(%error, "cannot measure the free disk space"),
+                    Err(_) => return,
                 }
             }
         });

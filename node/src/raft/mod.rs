@@ -77,6 +77,12 @@ impl Command {
             Command::Expire(_) => "expiry",
         }
     }
+
+    /// Whether applying the command stores new data (and so needs disk space): writes do; cluster-map
+    /// changes are small and expiries free space.
+    pub fn adds_data(&self) -> bool {
+        matches!(self, Command::UnstampedWrite(_) | Command::Write(_))
+    }
 }
 
 /// What applying a [`Command`] (or a blank/membership entry) produced.

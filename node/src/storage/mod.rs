@@ -9,6 +9,7 @@
 pub mod blocks;
 pub mod codec;
 pub mod committed;
+pub mod disk;
 pub mod keys;
 pub mod postings;
 pub mod symbols;
@@ -98,6 +99,9 @@ pub struct StorageOptions {
     pub block_cache_bytes: usize,
     /// Entries kept in each in-memory symbol cache before it is cleared.
     pub symbol_cache_entries: usize,
+    /// Writes are refused while less than this is free on the data directory's file system
+    /// (see [`disk::DiskReserve`]).
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for StorageOptions {
@@ -105,6 +109,7 @@ impl Default for StorageOptions {
         StorageOptions {
             block_cache_bytes: 256 << 20,
             symbol_cache_entries: 1 << 20,
+            disk_reserve_bytes: disk::DEFAULT_DISK_RESERVE_BYTES,
         }
     }
 }
@@ -169,6 +174,8 @@ pub struct Storage {
     /// bytes, and a fanned-out query resolves a symbol its groups share once, not
     /// once per group. Never stale, so never forgotten.
     symbol_cache: Arc<SymbolCache>,
+    /// Free space on the data directory's file system, against the reserve writes must leave.
+    disk: Arc<disk::DiskReserve>,
     options: StorageOptions,
 }
 
@@ -232,6 +239,7 @@ impl Storage {
             db: Arc::new(db),
             stack_cache: Arc::new(ImmutableCache::new(storage_options.symbol_cache_entries)),
             symbol_cache: Arc::new(ImmutableCache::new(storage_options.symbol_cache_entries)),
+            disk: Arc::new(disk::DiskReserve::new(path, storage_options.disk_reserve_bytes)),
             options: storage_options,
         })
     }
@@ -239,6 +247,11 @@ impl Storage {
     /// The options this storage was opened with.
     pub fn options(&self) -> &StorageOptions {
         &self.options
+    }
+
+    /// Free space on the data directory's file system, against the reserve writes must leave.
+    pub fn disk(&self) -> &disk::DiskReserve {
+        &self.disk
     }
 
     /// The RocksDB handle.
