@@ -558,7 +558,7 @@ impl Cluster {
         if command.adds_data() {
             self.storage.disk().admit_write().map_err(|message| {
                 self.metrics.writes_refused_for_disk.inc();
-                Failure::Refused(format!("group {group}: {message}"))
+                Failure::Refused(format!("group {group}: node {}'s {message}", self.node_id))
             })?;
         }
         let started = Instant::now();

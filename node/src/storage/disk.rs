@@ -68,14 +68,15 @@ impl DiskReserve {
         self.reserve_bytes
     }
 
-    /// `Err` with a message for the client while the last measurement is under the reserve.
+    /// `Err` with a message for the client while the last measurement is under the reserve. The message
+    /// starts with "data directory": the caller says whose.
     pub fn admit_write(&self) -> Result<(), String> {
         let available = self.available_bytes();
         if available >= self.reserve_bytes {
             return Ok(());
         }
         Err(format!(
-            "this node's data directory {} has {} free, under its reserve of {} (--min-free-disk-bytes): \
+            "data directory {} has {} free, under its reserve of {} (--min-free-disk-bytes): \
              writes are refused until space is freed (queries still work; a shorter --retention frees \
              space at the next retention pass)",
             self.path.display(),
