@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const DEFAULT_DISK_RESERVE_BYTES: u64 = 1 << 30;
 
 /// Bytes available to an unprivileged writer on the file system holding `path`.
-pub fn available_bytes(path: &Path) -> std::io::Result<u64> {
+fn available_bytes(path: &Path) -> std::io::Result<u64> {
     let stats = rustix::fs::statvfs(path)?;
     Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
@@ -61,11 +61,6 @@ impl DiskReserve {
     /// The last measurement, bytes (`u64::MAX` if none succeeded).
     pub fn available_bytes(&self) -> u64 {
         self.available_bytes.load(Ordering::Relaxed)
-    }
-
-    /// The reserve, bytes.
-    pub fn reserve_bytes(&self) -> u64 {
-        self.reserve_bytes
     }
 
     /// `Err` with a message for the client while the last measurement is under the reserve. The message
