@@ -208,9 +208,12 @@ async fn read_bounded_body(headers: &HeaderMap, body: Body, limit: usize) -> Res
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    let too_large = |size: String| {
+    let too_large = |declared_bytes: Option<u64>| {
+        let size = declared_bytes
+            .map(|bytes| format!("{bytes} bytes, "))
+            .unwrap_or_default();
         NodeError::TooLarge(format!(
-            "the request body is {size} this node's limit of {limit} bytes (--max-message-bytes)"
+            "the request body is {size}over this node's limit of {limit} bytes (--max-message-bytes)"
         ))
     };
     let mut stream = body.into_data_stream();
@@ -221,7 +224,7 @@ async fn read_bounded_body(headers: &HeaderMap, body: Body, limit: usize) -> Res
         if !waits_for_continue {
             drain_over_limit_body(&mut stream).await;
         }
-        return Err(too_large(format!("{declared_bytes} bytes, over")));
+        return Err(too_large(Some(declared_bytes)));
     }
     let mut collected = Vec::with_capacity(declared_bytes.unwrap_or(0) as usize);
     while let Some(chunk) = stream.next().await {
@@ -230,7 +233,7 @@ async fn read_bounded_body(headers: &HeaderMap, body: Body, limit: usize) -> Res
         })?;
         if collected.len() + chunk.len() > limit {
             drain_over_limit_body(&mut stream).await;
-            return Err(too_large("over".to_string()));
+            return Err(too_large(None));
         }
         collected.extend_from_slice(&chunk);
     }
