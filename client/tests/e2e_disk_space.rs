@@ -84,3 +84,119 @@ fn a_node_short_of_disk_space_refuses_writes_answers_queries_and_resumes_when_sp
     assert!(series.contains("phase=\"after\""), "{series}");
     assert!(!series.contains("phase=\"during\""), "{series}");
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped (after the node on it is gone).
+struct SmallFileSystem {
+    directory: tempfile::TempDir,
+}
+
+impl SmallFileSystem {
+    fn mount(size: &str) -> SmallFileSystem {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(directory.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount a {size} tmpfs: {status}");
+        SmallFileSystem { directory }
+    }
+}
+
+impl Drop for SmallFileSystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.directory.path())
+            .status();
+    }
+}
+
+/// The body and status of `GET {url}{path}`.
+fn get(runtime: &tokio::runtime::Runtime, url: &str, path: &str) -> (u16, String) {
+    runtime.block_on(async {
+        let response = reqwest::get(format!("{url}{path}")).await.expect(path);
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    })
+}
+
+/// Regression: a node whose disk filled up (here with no reserve, as a follower's still can) had
+/// its raft groups stopped by openraft's storage-failure handling, which only a restart recovers,
+/// and `/healthz` still said `ok`, so nothing would restart it; writes to the stopped groups were
+/// retried for the whole proposal deadline. Now `/healthz` and `/readyz` answer 503 naming the
+/// stopped groups, and such a write is refused at once with the reason.
+#[test]
+fn a_node_whose_raft_groups_stopped_on_a_full_disk_fails_its_health_check() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs (CI runs as root)");
+        return;
+    }
+    let small = SmallFileSystem::mount("24m");
+    let data_dir = small.directory.path().join("data");
+    std::fs::create_dir(&data_dir).expect("data dir");
+    let node = TestNode::start_in(&data_dir, &["--min-free-disk-bytes", "0"]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let url = node.url();
+    wait_until("the node is ready", || {
+        (get(&runtime, &url, "/readyz") == (200, "ready\n".to_string())).then_some(())
+    });
+    assert_eq!(get(&runtime, &url, "/healthz"), (200, "ok\n".to_string()));
+
+    // Writes with a new 64 KiB function name each: nothing deduplicates them, and they compress
+    // to almost nothing on the wire.
+    let filler = "f".repeat(64 << 10);
+    let http = reqwest::Client::new();
+    let mut stored = 0;
+    wait_until("a write fails on the full disk", || {
+        let body = support::tiny_pprof(&format!("{stored}_{filler}"), 1, support::now_nanos());
+        let status = runtime.block_on(async {
+            http.post(format!(
+                "{url}/api/v1/ingest?label.service=filler&idempotency_key={stored}"
+            ))
+            .body(body)
+            .send()
+            .await
+            .expect("ingest")
+            .status()
+        });
+        stored += 1;
+        (!status.is_success()).then_some(())
+    });
+    eprintln!("the first failed write was number {stored}");
+
+    let (status, body) = wait_until("/healthz fails", || {
+        let answer = get(&runtime, &url, "/healthz");
+        (answer.0 != 200).then_some(answer)
+    });
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("stopped on this node after a storage failure"),
+        "{body}"
+    );
+    assert!(body.contains("restart the node"), "{body}");
+    assert!(body.contains("group"), "{body}");
+    let (status, ready) = get(&runtime, &url, "/readyz");
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("stopped on this node"), "{ready}");
+    // A write to a stopped group is refused with the reason, without waiting out the proposal
+    // deadline: no other node could take it.
+    let (status, answer) = runtime.block_on(async {
+        let body = support::tiny_pprof("after", 1, support::now_nanos());
+        let response = http
+            .post(format!(
+                "{url}/api/v1/ingest?label.service=filler&idempotency_key=after"
+            ))
+            .body(body)
+            .send()
+            .await
+            .expect("ingest");
+        (response.status().as_u16(), response.text().await.expect("body"))
+    });
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer.contains("replica stopped after a storage failure"),
+        "{answer}"
+    );
+    drop(node);
+}

@@ -1187,3 +1187,39 @@ async fn fanout_merge_through_a_lagging_replica_fetches_the_records_it_lacks() {
     heal_all(&nodes);
     stop_all(nodes).await;
 }
+
+/// Regression: a node whose replica of a group had stopped (openraft stops a replica whose storage
+/// failed: a full disk) proposed every write for that group to its own dead replica again and again
+/// until the 15 s deadline, although another replica had taken over as leader, and its health check
+/// still said ok. Now the node sends such writes to the other replicas, and reports the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_a_replica_stopped_on_one_node_leaves_its_group_writable_through_that_node() {
+    let nodes = start_cluster(3).await;
+    let old_leader = wait_leader_of(&nodes, 1).await;
+    let stopped_node = node(&nodes, old_leader);
+    let replica = stopped_node.state.cluster.replica(1).expect("replica of group 1");
+    // The same end state as a storage failure: openraft's core has quit.
+    replica.raft.shutdown().await.expect("stop the replica's raft");
+    wait_for("the replica to report itself stopped", || replica.stopped()).await;
+    let mut new_leader = None;
+    wait_for("another leader of group 1", || {
+        new_leader = leader_excluding(&nodes, 1, Some(old_leader));
+        new_leader.is_some()
+    })
+    .await;
+    let new_leader = new_leader.unwrap_or_default();
+    let health = stopped_node.state.cluster.health();
+    assert_eq!(health.stopped_groups, vec![1], "{health:?}");
+
+    let applied_before = applied(node(&nodes, new_leader), 1);
+    let writes = tokio::time::timeout(
+        Duration::from_secs(40),
+        write_rounds(stopped_node, "through-a-stopped-replica", 8),
+    );
+    writes.await.expect("writes through the node are not held up");
+    assert!(
+        applied(node(&nodes, new_leader), 1) > applied_before,
+        "none of the writes went to group 1: pick rounds that do"
+    );
+    stop_all(nodes).await;
+}

@@ -120,6 +120,34 @@ pub struct GroupReplica {
     created: Instant,
 }
 
+/// This node's own view of its replicas, for `/healthz` (liveness) and `/readyz` (readiness).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The node is shutting down; nothing else is reported then.
+    pub stopping: bool,
+    /// Groups whose raft on this node stopped while the node runs (a storage failure); they stay
+    /// stopped until the node restarts.
+    pub stopped_groups: Vec<GroupId>,
+    /// Running groups that know no leader yet (start-up, or an election under way).
+    pub groups_without_leader: Vec<GroupId>,
+}
+
+impl GroupReplica {
+    /// Whether this replica's raft stopped while the node runs: openraft stops a group whose storage
+    /// failed (a full disk, an I/O error), and only a restart of the node brings it back.
+    pub fn stopped(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Shutdown
+    }
+}
+
+/// Why a write cannot go through `node`'s replica of `group` (see [`GroupReplica::stopped`]).
+fn stopped_replica_message(group: GroupId, node: NodeId) -> String {
+    format!(
+        "group {group}: node {node}'s replica stopped after a storage failure (a full disk or an I/O \
+         error; that node's log says which); restart that node once the cause is fixed"
+    )
+}
+
 /// Health of a node as the metadata leader sees it.
 #[derive(Debug, Clone)]
 struct NodeHealth {
@@ -553,6 +581,10 @@ impl Cluster {
         let Some(replica) = self.replica(group) else {
             return Err(Failure::NotHosted);
         };
+        // openraft would only log and return its stored fatal error; other replicas may still lead.
+        if replica.stopped() {
+            return Err(Failure::Unavailable(stopped_replica_message(group, self.node_id)));
+        }
         // Checked where the entry would be appended: only a leader appends a proposal. Expiries and
         // cluster changes pass, since they free space or are small.
         if command.adds_data() {
@@ -607,8 +639,18 @@ impl Cluster {
         let mut attempt = 0u32;
         while Instant::now() < deadline {
             attempt += 1;
+            let local_replica_stopped = self.replica(group).is_some_and(|replica| replica.stopped());
+            if local_replica_stopped
+                && self
+                    .candidates_for(group)
+                    .iter()
+                    .all(|address| *address == self.config.advertise_address)
+            {
+                // Nothing else can take it (a single node): waiting out the deadline cannot help.
+                return Err(unavailable(stopped_replica_message(group, self.node_id)));
+            }
             let result = match redirect.take() {
-                None if self.replica(group).is_some() => {
+                None if self.replica(group).is_some() && !local_replica_stopped => {
                     self.propose_local_until(group, command.clone(), deadline).await
                 }
                 target => {
@@ -973,6 +1015,30 @@ impl Cluster {
                 let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
             }
         }
+    }
+
+    /// The state of this node's replicas as `/healthz` and `/readyz` report it. A replica whose raft
+    /// stopped while the node runs (openraft stops a group whose storage failed: a full disk, an I/O
+    /// error) stays stopped until the node restarts, so it is reported apart from groups that are
+    /// only between leaders.
+    pub fn health(&self) -> Health {
+        let stopping = self.is_stopping();
+        let mut health = Health {
+            stopping,
+            stopped_groups: Vec::new(),
+            groups_without_leader: Vec::new(),
+        };
+        if stopping {
+            return health;
+        }
+        for replica in self.replicas() {
+            if replica.stopped() {
+                health.stopped_groups.push(replica.group);
+            } else if replica.raft.metrics().borrow().current_leader.is_none() {
+                health.groups_without_leader.push(replica.group);
+            }
+        }
+        health
     }
 
     /// Whether a data group hosted here knows no leader (an election is under way).

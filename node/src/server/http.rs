@@ -1,4 +1,4 @@
-//! The HTTP JSON API (documented in `docs/http-api.md`), `/metrics` and `/healthz`.
+//! The HTTP JSON API (documented in `docs/http-api.md`), `/metrics`, `/healthz` and `/readyz`.
 //! Handlers call the same engine methods as gRPC and answer with the JSON shapes of
 //! `kiln_model::json`, so the API, the CLI's `--output json` and gRPC agree.
 
@@ -20,6 +20,7 @@ use kiln_proto::kiln::v1 as api;
 use serde::Deserialize;
 
 use crate::error::NodeError;
+use crate::storage::keys::GroupId;
 use crate::NodeState;
 
 impl IntoResponse for NodeError {
@@ -34,7 +35,8 @@ impl IntoResponse for NodeError {
 /// The HTTP routes. `max_body_bytes` bounds ingest bodies (413 beyond).
 pub fn router(state: Arc<NodeState>, max_body_bytes: usize) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(
             "/api/v1/ingest",
@@ -52,6 +54,65 @@ pub fn router(state: Arc<NodeState>, max_body_bytes: usize) -> Router {
         .merge(super::ui::router())
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
+}
+
+/// Liveness: 200 `ok` unless a raft group of this node stopped while the node runs (openraft stops a
+/// group whose storage failed). Such a group stays stopped until the node restarts, so this is the
+/// answer that should get the node restarted; a group that is only between leaders does not fail it.
+async fn healthz(State(state): State<Arc<NodeState>>) -> Response {
+    let health = state.cluster.health();
+    if health.stopped_groups.is_empty() {
+        return (StatusCode::OK, "ok\n").into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        stopped_groups_message(&health.stopped_groups),
+    )
+        .into_response()
+}
+
+/// Readiness: 200 `ready` once every group this node holds a replica of runs and knows its leader,
+/// so that writes and queries sent here can be served; 503 naming the groups otherwise, and while the
+/// node shuts down.
+async fn readyz(State(state): State<Arc<NodeState>>) -> Response {
+    let health = state.cluster.health();
+    if health.stopping {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the node is shutting down\n",
+        )
+            .into_response();
+    }
+    if !health.stopped_groups.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            stopped_groups_message(&health.stopped_groups),
+        )
+            .into_response();
+    }
+    if !health.groups_without_leader.is_empty() {
+        let message = format!(
+            "not ready: no leader yet for {} (an election is under way)\n",
+            group_list(&health.groups_without_leader)
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+fn stopped_groups_message(groups: &[GroupId]) -> String {
+    format!(
+        "unhealthy: the raft of {} stopped on this node after a storage failure (a full disk or an I/O \
+         error; the node's log says which); restart the node once the cause is fixed\n",
+        group_list(groups)
+    )
+}
+
+/// `group 3` or `groups 1, 4, 7`.
+fn group_list(groups: &[GroupId]) -> String {
+    let ids: Vec<String> = groups.iter().map(|group| group.to_string()).collect();
+    let noun = if ids.len() == 1 { "group" } else { "groups" };
+    format!("{noun} {}", ids.join(", "))
 }
 
 async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
