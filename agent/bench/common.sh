@@ -1,6 +1,16 @@
 # Shared by the agent benchmarks (overhead.sh, unwind.sh); sourced, not run. The caller sets BIN (the
 # directory with kiln-node and kiln-agent) and SECONDS_PER_RUN, then calls bench_start.
 
+# Sets ROUNDS, SECONDS_PER_RUN and WARMUP from the script's arguments (defaults 5 rounds, 20 s windows,
+# 22 s warm-up), and BIN to the release builds of the shared target directory.
+bench_arguments() {
+    ROUNDS=${1:-5}
+    SECONDS_PER_RUN=${2:-20}
+    WARMUP=${3:-22}
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kiln-target}"
+    BIN="$CARGO_TARGET_DIR/release"
+}
+
 # Checks the binaries, makes WORK, builds the spinning workload, starts a local kiln-node (NODE is its
 # address) and arranges for all of it to go away at exit. $1: the build command to suggest.
 bench_start() {

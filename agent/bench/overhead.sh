@@ -29,13 +29,9 @@
 #   KILN_OVERHEAD_CONFIGS="fp-99 perf-99 fp-999 dwarf-999 perf-999" agent/bench/overhead.sh 6 20 22
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROUNDS=${1:-5}
-SECONDS_PER_RUN=${2:-20}
-WARMUP=${3:-22}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kiln-target}"
-BIN="$CARGO_TARGET_DIR/release"
 # shellcheck source=agent/bench/common.sh
 source agent/bench/common.sh
+bench_arguments "$@"
 bench_start "cargo build --release -p kiln-agent -p kiln-node -p kiln-client"
 bench_enable_bpf_stats
 CPUS=$(nproc)
