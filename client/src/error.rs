@@ -49,6 +49,11 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether the node refused the request for a while (see [`crate::client::is_refused_for_now`]).
+    pub fn is_refused_for_now(&self) -> bool {
+        matches!(self, ClientError::Rpc { status, .. } if crate::client::is_refused_for_now(status))
+    }
 }
 
 fn describe_status(status: &tonic::Status, attempts: u32, server: &str) -> String {

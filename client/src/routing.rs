@@ -153,6 +153,8 @@ impl RoutingClient {
                 };
                 match self.client_for(&leader)?.write(part.clone()).await {
                     Ok(answer) => Ok(answer),
+                    // The leader answered: another path would reach the same refusal.
+                    Err(error) if error.is_refused_for_now() => Err(error),
                     Err(error) => {
                         // The leader moved or died: any node forwards, and the
                         // same key makes the second attempt safe.

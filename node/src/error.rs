@@ -30,6 +30,11 @@ pub enum NodeError {
     /// unreachable replicas, a query part that timed out. Retrying may succeed.
     #[error("{0}")]
     Unavailable(String),
+    /// The request is refused for a while, not for a moment: the leader of a group has less free
+    /// disk space than its reserve. Clients should not retry at once (see
+    /// [`kiln_proto::REFUSED_FOR_NOW_METADATA`]); a spool retries later.
+    #[error("{0}")]
+    RefusedForNow(String),
     /// RocksDB failed.
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
@@ -65,7 +70,9 @@ impl NodeError {
         match self {
             NodeError::InvalidArgument(_) | NodeError::InvalidProfile { .. } => tonic::Code::InvalidArgument,
             NodeError::TooLarge(_) | NodeError::Overloaded(_) => tonic::Code::ResourceExhausted,
-            NodeError::ShuttingDown | NodeError::Unavailable(_) => tonic::Code::Unavailable,
+            NodeError::ShuttingDown | NodeError::Unavailable(_) | NodeError::RefusedForNow(_) => {
+                tonic::Code::Unavailable
+            }
             NodeError::Storage(_) | NodeError::Corrupt(_) | NodeError::Internal(_) => tonic::Code::Internal,
         }
     }
@@ -76,7 +83,9 @@ impl NodeError {
             NodeError::InvalidArgument(_) | NodeError::InvalidProfile { .. } => http::StatusCode::BAD_REQUEST,
             NodeError::TooLarge(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
             NodeError::Overloaded(_) => http::StatusCode::TOO_MANY_REQUESTS,
-            NodeError::ShuttingDown | NodeError::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            NodeError::ShuttingDown | NodeError::Unavailable(_) | NodeError::RefusedForNow(_) => {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            }
             NodeError::Storage(_) | NodeError::Corrupt(_) | NodeError::Internal(_) => {
                 http::StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -86,6 +95,13 @@ impl NodeError {
 
 impl From<NodeError> for tonic::Status {
     fn from(error: NodeError) -> Self {
-        tonic::Status::new(error.grpc_code(), error.to_string())
+        let mut status = tonic::Status::new(error.grpc_code(), error.to_string());
+        if matches!(error, NodeError::RefusedForNow(_)) {
+            status.metadata_mut().insert(
+                kiln_proto::REFUSED_FOR_NOW_METADATA,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        status
     }
 }

@@ -689,7 +689,7 @@ impl Cluster {
             match result {
                 Ok(answer) => return Ok(answer),
                 Err(Failure::Invalid(message)) => return Err(NodeError::InvalidArgument(message)),
-                Err(Failure::Refused(message)) => return Err(unavailable(message)),
+                Err(Failure::Refused(message)) => return Err(NodeError::RefusedForNow(message)),
                 Err(Failure::NotLeader {
                     leader: Some(address),
                 }) => {
