@@ -9,11 +9,13 @@
 //! - [`scrape`]: pprof scraping;
 //! - [`relabel`]: Prometheus-style relabel rules;
 //! - [`spool`], [`push`]: durable, bounded, ordered delivery through a swappable [`push::Sink`];
-//! - [`config`], [`metrics`], [`shutdown`]: configuration, `/metrics`, cancellation.
+//! - [`config`], [`metrics`], [`shutdown`], [`health`]: configuration, `/metrics`, cancellation,
+//!   `/healthz` (fails once a part of the agent stopped).
 
 pub mod bpf;
 pub mod config;
 pub mod cpu;
+pub mod health;
 pub mod metrics;
 pub mod process;
 pub mod profile;

@@ -9,6 +9,7 @@ use clap::Parser;
 use kiln_agent::bpf::{Sampler, SamplerOptions};
 use kiln_agent::config::{Config, UnwinderMode};
 use kiln_agent::cpu::CpuProfiler;
+use kiln_agent::health::{catch_panic, spawn_reporting_panics, Health};
 use kiln_agent::metrics::Metrics;
 use kiln_agent::push::{KilnSink, Outbox};
 use kiln_agent::spool::Spool;
@@ -132,6 +133,7 @@ fn init_logging(format: &str) {
 async fn serve_metrics(
     listen: &str,
     metrics: Metrics,
+    health: Health,
     shutdown: shutdown::Shutdown,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     if listen.is_empty() {
@@ -159,7 +161,13 @@ async fn serve_metrics(
                 }
             }),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
+        .route(
+            "/healthz",
+            axum::routing::get(move || {
+                let health = health.clone();
+                async move { health.answer() }
+            }),
+        );
     Ok(Some(tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.wait().await })
@@ -188,6 +196,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new();
+    let health = Health::default();
     let (trigger, shutdown) = shutdown::channel();
     let rules = relabel::compile(&config.relabel_configs)?;
     let node_name = match &config.node_name {
@@ -209,14 +218,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let sink = KilnSink::new(&config.server)?;
     // The pusher stops last, after the producers' final batches are spooled, so that it can try them.
     let (push_trigger, push_shutdown) = shutdown::channel();
-    let pusher = {
-        tokio::spawn(outbox.clone().run_pusher(
+    let pusher = spawn_reporting_panics(
+        "the pusher".to_string(),
+        health.clone(),
+        outbox.clone().run_pusher(
             sink,
             async move { push_shutdown.wait().await },
             Duration::from_secs(5),
-        ))
-    };
-    let metrics_server = serve_metrics(&config.metrics_listen, metrics.clone(), shutdown.clone()).await?;
+        ),
+    );
+    let metrics_server = serve_metrics(
+        &config.metrics_listen,
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await?;
 
     // The eBPF profiler, on its own thread. Failing to load it is reported and the rest keeps running.
     let mut profiler_thread = None;
@@ -256,10 +273,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 };
                 let handle = tokio::runtime::Handle::current();
                 let shutdown = shutdown.clone();
+                let health = health.clone();
+                let profiler_metrics = metrics.clone();
                 profiler_thread = Some(
                     std::thread::Builder::new()
                         .name("cpu-profiler".to_string())
-                        .spawn(move || profiler.run(sampler, handle, shutdown))
+                        .spawn(move || {
+                            if let Err(message) = catch_panic(|| profiler.run(sampler, handle, shutdown)) {
+                                profiler_metrics.bpf_running.set(0);
+                                health.report_stopped(format!("the CPU profiler stopped: {message}"));
+                            }
+                        })
                         .context("cannot start the profiler thread")?,
                 );
             }
@@ -280,13 +304,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut scrapers = Vec::new();
     for target in targets {
         tracing::info!(url = %target.url(), "scraping");
-        scrapers.push(tokio::spawn(scrape::run_loop(
-            client.clone(),
-            target,
-            outbox.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        )));
+        scrapers.push(spawn_reporting_panics(
+            format!("the scraper of {}", target.url()),
+            health.clone(),
+            scrape::run_loop(
+                client.clone(),
+                target,
+                outbox.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ),
+        ));
     }
 
     wait_for_signal().await;

@@ -170,6 +170,12 @@ fn unprivileged_agent_says_why_bpf_is_unavailable_and_keeps_scraping() {
                 .then_some(())
         },
     );
+    // BPF that cannot load is reported at start and leaves the agent healthy: nothing stopped, and
+    // restarting it would not help. (`/healthz` fails when a running part stops: `health.rs`.)
+    assert_eq!(
+        http_get(&agent.metrics_address, "/healthz").as_deref(),
+        Some("ok")
+    );
     let top = node.kiln_ok(&[
         "query",
         "goroutine{job=\"fake\"}",
