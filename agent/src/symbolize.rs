@@ -94,8 +94,8 @@ const MIN_KEPT_FILE_ESTIMATE: u64 = 1024 * 1024;
 /// `MIN_KEPT_FILE_ESTIMATE`). Least recently used files make room, idle ones are dropped.
 ///
 /// The budget covers the kept files *and* the file being parsed for one cycle only: before such a
-/// parse, kept files are dropped until its estimate fits too (a file never parsed before is guessed
-/// at `UNKNOWN_FILE_FACTOR` times its size). Otherwise kept files would add to the peak that a large
+/// parse, kept files are dropped until its estimate fits too (a file never parsed before is guessed,
+/// see `first_parse_guess`). Otherwise kept files would add to the peak that a large
 /// file parsed every cycle makes anyway (a Go service whose compressed DWARF exceeds the budget: 62-67
 /// MB peak RSS with kept files, against 47-51 MB without them, on this machine).
 struct KeptFiles {
@@ -192,12 +192,10 @@ impl KeptFiles {
             .insert(key.clone(), bytes.max(MIN_KEPT_FILE_ESTIMATE));
     }
 
-    /// What parsing `key` is expected to take (`file_bytes`: the size of the file to open).
-    fn expected_bytes(&self, key: &FileKey, file_bytes: u64) -> u64 {
-        self.estimates
-            .get(key)
-            .copied()
-            .unwrap_or_else(|| file_bytes.saturating_mul(UNKNOWN_FILE_FACTOR))
+    /// What parsing `key` is expected to take: its last parse's size, else `first_guess()` (see
+    /// [`first_parse_guess`]).
+    fn expected_bytes(&self, key: &FileKey, first_guess: impl FnOnce() -> u64) -> u64 {
+        self.estimates.get(key).copied().unwrap_or_else(first_guess)
     }
 
     /// Drops least recently used kept files until `bytes` more fit in the budget (or none is left).
@@ -231,6 +229,33 @@ impl KeptFiles {
         self.last_miss
             .retain(|_, last| cycle - *last <= RECURRENCE_CYCLES);
     }
+}
+
+/// What the first parse of the file at `path` (`file_bytes` long) is guessed to take. With DWARF:
+/// `UNKNOWN_FILE_FACTOR` times its size, since compressed DWARF inflates. With ELF symbols only (a
+/// file over the DWARF limit): the size of its symbol tables. The DWARF guess for such a file, 1.8 GB
+/// for a 457 MB debug build whose parse took 1.7 MB, made room by dropping every kept file, and libc
+/// was inflated again at its next miss.
+fn first_parse_guess(path: &std::path::Path, file_bytes: u64, with_dwarf: bool) -> u64 {
+    if with_dwarf {
+        return file_bytes.saturating_mul(UNKNOWN_FILE_FACTOR);
+    }
+    symbol_table_bytes(path).unwrap_or(MIN_KEPT_FILE_ESTIMATE)
+}
+
+/// The size of the ELF symbol tables of `path` (`.symtab`, `.strtab`, `.dynsym`, `.dynstr`), from
+/// its section headers only; `None` when it cannot be read as ELF.
+fn symbol_table_bytes(path: &std::path::Path) -> Option<u64> {
+    use object::{Object, ObjectSection};
+    let file = std::fs::File::open(path).ok()?;
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    let bytes = elf
+        .sections()
+        .filter(|section| matches!(section.name(), Ok(".symtab" | ".strtab" | ".dynsym" | ".dynstr")))
+        .map(|section| section.size())
+        .sum();
+    Some(bytes)
 }
 
 /// Resident memory of this process, bytes (0 when /proc cannot say).
@@ -588,7 +613,10 @@ impl Symbolizer {
             converted(kept.symbolize(&source, Input::FileOffset(offsets)))
         } else {
             self.stats.files_parsed += 1;
-            let expected = self.kept.expected_bytes(key, file_bytes);
+            let with_dwarf = file_bytes <= self.max_dwarf_file_bytes;
+            let expected = self
+                .kept
+                .expected_bytes(key, || first_parse_guess(open_path, file_bytes, with_dwarf));
             self.kept.make_room(expected);
             // A file whose misses recur is parsed into an instance of its own, to be kept; the others
             // share the instance released after each file and cycle.
@@ -947,7 +975,7 @@ mod tests {
         kept.end_cycle();
         kept.keep(key("b"), PathBuf::from("b"), blaze(), MIN_KEPT_FILE_ESTIMATE);
         kept.record_estimate(&key("big"), 2 * MIN_KEPT_FILE_ESTIMATE);
-        let expected = kept.expected_bytes(&key("big"), 1);
+        let expected = kept.expected_bytes(&key("big"), || 1);
         assert_eq!(
             expected,
             2 * MIN_KEPT_FILE_ESTIMATE,
@@ -956,8 +984,46 @@ mod tests {
         kept.make_room(expected);
         assert!(!kept.files.contains_key(&key("a")) && kept.files.contains_key(&key("b")));
         assert_eq!(kept.bytes, MIN_KEPT_FILE_ESTIMATE);
-        // Never parsed: guessed from the file's size.
-        assert_eq!(kept.expected_bytes(&key("new"), 1000), 1000 * UNKNOWN_FILE_FACTOR);
+        // Never parsed: guessed.
+        assert_eq!(kept.expected_bytes(&key("new"), || 1000), 1000);
+    }
+
+    /// Regression: the first parse of a file over the DWARF limit (ELF symbols only) was guessed at
+    /// four times the file's size, as if its DWARF were compressed; for a large binary that exceeded
+    /// the whole budget, so every kept file was dropped to make room for a parse that took little.
+    #[test]
+    fn a_first_parse_with_elf_symbols_only_keeps_the_kept_files() {
+        let pid = std::process::id();
+        let own = crate::process::read_process(std::path::Path::new("/proc"), pid);
+        let address = a_first_parse_with_elf_symbols_only_keeps_the_kept_files as fn() as usize as u64;
+        let own_path = own.mapping_for(address).expect("own code is mapped").path.clone();
+        let own_bytes = std::fs::metadata(&own_path).expect("stat own binary").len();
+        let budget = DEFAULT_KEPT_FILES_MAX_BYTES;
+        assert!(
+            own_bytes * UNKNOWN_FILE_FACTOR > budget,
+            "the test binary ({own_bytes} bytes) is too small to show the difference"
+        );
+        let guess = first_parse_guess(std::path::Path::new(&own_path), own_bytes, false);
+        assert!(guess < own_bytes, "{guess} against a {own_bytes}-byte file");
+
+        let mut symbolizer = Symbolizer::new(4096);
+        symbolizer.set_max_dwarf_file_bytes(0);
+        symbolizer.set_kept_files_max_bytes(budget);
+        symbolizer.kept.keep(
+            key("kept"),
+            PathBuf::from("kept"),
+            blaze(),
+            MIN_KEPT_FILE_ESTIMATE,
+        );
+        let frames = symbolizer.user_frames(std::path::Path::new("/proc"), pid, &own, &[address]);
+        assert!(
+            frames[0][0]
+                .function
+                .contains("a_first_parse_with_elf_symbols_only_keeps_the_kept_files"),
+            "got {frames:?}"
+        );
+        assert_eq!(symbolizer.stats().files_parsed, 1);
+        assert!(symbolizer.kept.files.contains_key(&key("kept")));
     }
 
     #[test]
