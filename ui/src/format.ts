@@ -84,3 +84,15 @@ export function formatDuration(seconds: number): string {
 export function escapeHtml(text: string): string {
   return text.replace(/[&<>"']/g, (char) => `&#${char.charCodeAt(0)};`);
 }
+
+/** What the status page shows for `/healthz`: healthy only on `ok`; otherwise the node's own words (a
+ * node whose raft group stopped names it and says to restart the node), or why the check failed. */
+export function describeHealth(result: PromiseSettledResult<string>): { healthy: boolean; detail: string } {
+  if (result.status === 'rejected') {
+    const reason = result.reason instanceof Error ? result.reason.message : String(result.reason);
+    return { healthy: false, detail: `health check failed: ${reason}` };
+  }
+  const text = result.value.trim();
+  if (text === 'ok') return { healthy: true, detail: '' };
+  return { healthy: false, detail: text || 'the node answered its health check with nothing' };
+}

@@ -3,7 +3,7 @@
 
 import { api, type NodeStatus } from '../api';
 import type { App } from '../main';
-import { escapeHtml, formatDuration, formatTime, formatValue } from '../format';
+import { describeHealth, escapeHtml, formatDuration, formatTime, formatValue } from '../format';
 import { errorBox, h } from './dom';
 
 /** Renders an array of objects as a table with a column per key (shapes may grow: show what comes). */
@@ -57,11 +57,12 @@ export class StatusView {
   }
 
   private drawNode(health: PromiseSettledResult<string>, status: PromiseSettledResult<NodeStatus>): void {
-    const healthy = health.status === 'fulfilled' && health.value === 'ok';
+    const { healthy, detail } = describeHealth(health);
     const parts: (HTMLElement | string)[] = [
       h('h2', {}, 'This node'),
       h('p', {}, h('span', { class: `badge ${healthy ? 'ok' : 'bad'}` }, healthy ? 'healthy' : 'unhealthy'), ` ${location.host}`),
     ];
+    if (detail) parts.push(errorBox(detail));
     if (status.status === 'fulfilled') {
       const node = status.value;
       const list = h('dl', { class: 'facts' });
