@@ -639,8 +639,10 @@ impl Cluster {
         let mut attempt = 0u32;
         while Instant::now() < deadline {
             attempt += 1;
-            let local_replica_stopped = self.replica(group).is_some_and(|replica| replica.stopped());
-            if local_replica_stopped
+            let local_replica = self.replica(group);
+            let local_replica_running = local_replica.as_ref().is_some_and(|replica| !replica.stopped());
+            if local_replica.is_some()
+                && !local_replica_running
                 && self
                     .candidates_for(group)
                     .iter()
@@ -650,7 +652,7 @@ impl Cluster {
                 return Err(unavailable(stopped_replica_message(group, self.node_id)));
             }
             let result = match redirect.take() {
-                None if self.replica(group).is_some() && !local_replica_stopped => {
+                None if local_replica_running => {
                     self.propose_local_until(group, command.clone(), deadline).await
                 }
                 target => {
