@@ -61,14 +61,8 @@ pub fn router(state: Arc<NodeState>, max_body_bytes: usize) -> Router {
 /// answer that should get the node restarted; a group that is only between leaders does not fail it.
 async fn healthz(State(state): State<Arc<NodeState>>) -> Response {
     let health = state.cluster.health();
-    if health.stopped_groups.is_empty() {
-        return (StatusCode::OK, "ok\n").into_response();
-    }
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        stopped_groups_message(&health.stopped_groups),
-    )
-        .into_response()
+    let problem = (!health.stopped_groups.is_empty()).then(|| stopped_groups_message(&health.stopped_groups));
+    plain_answer(problem, "ok\n")
 }
 
 /// Readiness: 200 `ready` once every group this node holds a replica of runs and knows its leader,
@@ -76,28 +70,27 @@ async fn healthz(State(state): State<Arc<NodeState>>) -> Response {
 /// node shuts down.
 async fn readyz(State(state): State<Arc<NodeState>>) -> Response {
     let health = state.cluster.health();
-    if health.stopping {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the node is shutting down\n",
-        )
-            .into_response();
-    }
-    if !health.stopped_groups.is_empty() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            stopped_groups_message(&health.stopped_groups),
-        )
-            .into_response();
-    }
-    if !health.groups_without_leader.is_empty() {
-        let message = format!(
+    let problem = if health.stopping {
+        Some("not ready: the node is shutting down\n".to_string())
+    } else if !health.stopped_groups.is_empty() {
+        Some(stopped_groups_message(&health.stopped_groups))
+    } else if !health.groups_without_leader.is_empty() {
+        Some(format!(
             "not ready: no leader yet for {} (an election is under way)\n",
             group_list(&health.groups_without_leader)
-        );
-        return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+        ))
+    } else {
+        None
+    };
+    plain_answer(problem, "ready\n")
+}
+
+/// 503 with `problem` as plain text, or 200 with `fine`.
+fn plain_answer(problem: Option<String>, fine: &'static str) -> Response {
+    match problem {
+        Some(problem) => (StatusCode::SERVICE_UNAVAILABLE, problem).into_response(),
+        None => (StatusCode::OK, fine).into_response(),
     }
-    (StatusCode::OK, "ready\n").into_response()
 }
 
 fn stopped_groups_message(groups: &[GroupId]) -> String {
