@@ -59,7 +59,7 @@ impl DiskReserve {
     }
 
     /// The last measurement, bytes (`u64::MAX` if none succeeded).
-    pub fn available_bytes(&self) -> u64 {
+    fn available_bytes(&self) -> u64 {
         self.available_bytes.load(Ordering::Relaxed)
     }
 
