@@ -74,8 +74,8 @@ pub const DEFAULT_KEPT_FILES_MAX_BYTES: u64 = 16 * 1024 * 1024;
 const RECURRENCE_CYCLES: u64 = 6;
 /// A kept file without new addresses for this many cycles is dropped.
 const KEPT_FILE_IDLE_CYCLES: u64 = 30;
-/// A file parsed for the first time is guessed to take this many times its size (compressed DWARF
-/// inflates; separate debug files are not counted in the size).
+/// A file parsed for the first time that cannot be read as ELF is guessed to take this many times
+/// its size (compressed DWARF inflates); ELF files are guessed from their headers (`first_parse_guess`).
 const UNKNOWN_FILE_FACTOR: u64 = 4;
 /// Most files whose last parse size is remembered.
 const MAX_ESTIMATES: usize = 4096;
@@ -199,6 +199,8 @@ impl KeptFiles {
     }
 
     /// Drops least recently used kept files until `bytes` more fit in the budget (or none is left).
+    /// A dropped file counts as having had misses in this cycle, so that its next miss keeps it again
+    /// at once rather than after one more parse: it was kept because its misses recur.
     fn make_room(&mut self, bytes: u64) {
         while self.bytes.saturating_add(bytes) > self.max_bytes {
             let Some(oldest) = self
@@ -210,6 +212,7 @@ impl KeptFiles {
                 break;
             };
             self.remove(&oldest);
+            self.last_miss.insert(oldest, self.cycle);
         }
     }
 
@@ -231,31 +234,107 @@ impl KeptFiles {
     }
 }
 
-/// What the first parse of the file at `path` (`file_bytes` long) is guessed to take. With DWARF:
-/// `UNKNOWN_FILE_FACTOR` times its size, since compressed DWARF inflates. With ELF symbols only (a
-/// file over the DWARF limit): the size of its symbol tables. The DWARF guess for such a file, 1.8 GB
-/// for a 457 MB debug build whose parse took 1.7 MB, made room by dropping every kept file, and libc
-/// was inflated again at its next miss.
-fn first_parse_guess(path: &std::path::Path, file_bytes: u64, with_dwarf: bool) -> u64 {
+/// What the first parse of the file at `path` (`file_bytes` long, build id `build_id` in hex) is
+/// guessed to take, from its section headers (see [`ElfParseBytes`]): its symbol tables and, when its
+/// DWARF is read, its DWARF sections, or when it has none, its separate debug file found by build id.
+/// A file that cannot be read as ELF is guessed at `UNKNOWN_FILE_FACTOR` times its size.
+///
+/// Why not simply a multiple of the file's size: the guess makes room in the kept-file budget, and
+/// a guess far above the parse dropped kept files for nothing, so that libc's compressed debug file,
+/// the costliest parse on a Debian host, was inflated again at its next miss. Four times the size
+/// was 36 MB for a stripped 9 MB `perf` whose parse took 82 kB, and 62 MB for the agent's own binary
+/// (1.1 MB); both exceed the whole 16 MiB budget, so every new program emptied it.
+fn first_parse_guess(path: &std::path::Path, build_id: &str, file_bytes: u64, with_dwarf: bool) -> u64 {
+    let Some(own) = ElfParseBytes::read(path) else {
+        return if with_dwarf {
+            file_bytes.saturating_mul(UNKNOWN_FILE_FACTOR)
+        } else {
+            MIN_KEPT_FILE_ESTIMATE
+        };
+    };
+    let mut guess = own.symbol_tables;
     if with_dwarf {
-        return file_bytes.saturating_mul(UNKNOWN_FILE_FACTOR);
+        guess = guess
+            .saturating_add(own.dwarf_mapped)
+            .saturating_add(own.dwarf_inflated);
+        if own.dwarf_mapped == 0 {
+            if let Some((debug_path, debug)) = separate_debug_file(&DEBUG_DIRS, build_id) {
+                // blazesym checks the debug link's CRC over the whole debug file, so all of it becomes
+                // resident, besides the sections it inflates.
+                let debug_file_bytes = std::fs::metadata(debug_path).map_or(0, |meta| meta.len());
+                guess = guess
+                    .saturating_add(debug_file_bytes)
+                    .saturating_add(debug.dwarf_inflated);
+            }
+        }
     }
-    symbol_table_bytes(path).unwrap_or(MIN_KEPT_FILE_ESTIMATE)
+    guess.max(MIN_KEPT_FILE_ESTIMATE)
 }
 
-/// The size of the ELF symbol tables of `path` (`.symtab`, `.strtab`, `.dynsym`, `.dynstr`), from
-/// its section headers only; `None` when it cannot be read as ELF.
-fn symbol_table_bytes(path: &std::path::Path) -> Option<u64> {
-    use object::{Object, ObjectSection};
-    let file = std::fs::File::open(path).ok()?;
-    let cache = object::ReadCache::new(file);
-    let elf = object::File::parse(&cache).ok()?;
-    let bytes = elf
-        .sections()
-        .filter(|section| matches!(section.name(), Ok(".symtab" | ".strtab" | ".dynsym" | ".dynstr")))
-        .map(|section| section.size())
-        .sum();
-    Some(bytes)
+/// Directories searched for separate debug files by build id (blazesym's defaults).
+const DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
+
+/// The separate debug file, in one of `debug_dirs`, of the file with hex build id `build_id`, as
+/// distributions install it (`DIR/.build-id/XX/REST.debug`), with its sizes.
+fn separate_debug_file(debug_dirs: &[&str], build_id: &str) -> Option<(PathBuf, ElfParseBytes)> {
+    // blazesym skips build ids under 8 bytes as bogus too.
+    if build_id.len() < 16 || !build_id.is_ascii() {
+        return None;
+    }
+    let (first, rest) = build_id.split_at(2);
+    debug_dirs.iter().find_map(|dir| {
+        let path = PathBuf::from(format!("{dir}/.build-id/{first}/{rest}.debug"));
+        let sizes = ElfParseBytes::read(&path)?;
+        Some((path, sizes))
+    })
+}
+
+/// The sizes, from an ELF file's section headers only, that parsing it for symbols costs in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ElfParseBytes {
+    /// `.symtab` and `.dynsym`: mapped and read whole (sorted by address). Their string tables are
+    /// not counted: only the names of the symbols found are read (for a release kiln-node, 1.5 MB of
+    /// `.symtab` and 5.4 MB of `.strtab`, the parse grew the resident memory by 1.6 MB).
+    symbol_tables: u64,
+    /// DWARF sections (`.debug_*`, `.zdebug_*`) as stored in the file, compressed or not: mapped.
+    dwarf_mapped: u64,
+    /// The inflated size of the compressed DWARF sections: allocated.
+    dwarf_inflated: u64,
+}
+
+impl ElfParseBytes {
+    /// `None` when `path` cannot be read as ELF.
+    fn read(path: &std::path::Path) -> Option<ElfParseBytes> {
+        use object::{Object, ObjectSection};
+        let file = std::fs::File::open(path).ok()?;
+        let cache = object::ReadCache::new(file);
+        let elf = object::File::parse(&cache).ok()?;
+        let mut sizes = ElfParseBytes {
+            symbol_tables: 0,
+            dwarf_mapped: 0,
+            dwarf_inflated: 0,
+        };
+        for section in elf.sections() {
+            let Ok(name) = section.name() else {
+                continue;
+            };
+            if matches!(name, ".symtab" | ".dynsym") {
+                sizes.symbol_tables = sizes.symbol_tables.saturating_add(section.size());
+                continue;
+            }
+            if !(name.starts_with(".debug_") || name.starts_with(".zdebug_")) {
+                continue;
+            }
+            let Ok(range) = section.compressed_file_range() else {
+                continue;
+            };
+            sizes.dwarf_mapped = sizes.dwarf_mapped.saturating_add(range.compressed_size);
+            if range.format != object::CompressionFormat::None {
+                sizes.dwarf_inflated = sizes.dwarf_inflated.saturating_add(range.uncompressed_size);
+            }
+        }
+        Some(sizes)
+    }
 }
 
 /// Resident memory of this process, bytes (0 when /proc cannot say).
@@ -614,9 +693,9 @@ impl Symbolizer {
         } else {
             self.stats.files_parsed += 1;
             let with_dwarf = file_bytes <= self.max_dwarf_file_bytes;
-            let expected = self
-                .kept
-                .expected_bytes(key, || first_parse_guess(open_path, file_bytes, with_dwarf));
+            let expected = self.kept.expected_bytes(key, || {
+                first_parse_guess(open_path, &key.build_id, file_bytes, with_dwarf)
+            });
             self.kept.make_room(expected);
             // A file whose misses recur is parsed into an instance of its own, to be kept; the others
             // share the instance released after each file and cycle.
@@ -1003,7 +1082,7 @@ mod tests {
             own_bytes * UNKNOWN_FILE_FACTOR > budget,
             "the test binary ({own_bytes} bytes) is too small to show the difference"
         );
-        let guess = first_parse_guess(std::path::Path::new(&own_path), own_bytes, false);
+        let guess = first_parse_guess(std::path::Path::new(&own_path), "", own_bytes, false);
         assert!(guess < own_bytes, "{guess} against a {own_bytes}-byte file");
 
         let mut symbolizer = Symbolizer::new(4096);
@@ -1024,6 +1103,124 @@ mod tests {
         );
         assert_eq!(symbolizer.stats().files_parsed, 1);
         assert!(symbolizer.kept.files.contains_key(&key("kept")));
+    }
+
+    /// Writes an x86-64 ELF file to `path`: `text_bytes` of code, one symbol, and a `.debug_info`
+    /// section that says it inflates to `inflated_debug_bytes` when that is not 0 (the compressed
+    /// payload itself is not valid zlib: only the section headers are read).
+    fn write_elf(path: &std::path::Path, text_bytes: usize, inflated_debug_bytes: u64) {
+        use object::write::{Object as WriteObject, Symbol, SymbolSection};
+        use object::{Architecture, BinaryFormat, Endianness, SectionFlags, SectionKind, SymbolFlags};
+        let mut elf = WriteObject::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let text = elf.add_section(Vec::new(), b".text".to_vec(), SectionKind::Text);
+        elf.append_section_data(text, &vec![0x90; text_bytes], 16);
+        elf.add_symbol(Symbol {
+            name: b"spin".to_vec(),
+            value: 0,
+            size: 16,
+            kind: object::SymbolKind::Text,
+            scope: object::SymbolScope::Linkage,
+            weak: false,
+            section: SymbolSection::Section(text),
+            flags: SymbolFlags::None,
+        });
+        if inflated_debug_bytes > 0 {
+            let debug = elf.add_section(Vec::new(), b".debug_info".to_vec(), SectionKind::Debug);
+            // Elf64_Chdr: type (1 = zlib), reserved, uncompressed size, alignment; then the payload.
+            let mut data = Vec::new();
+            data.extend_from_slice(&1u32.to_le_bytes());
+            data.extend_from_slice(&0u32.to_le_bytes());
+            data.extend_from_slice(&inflated_debug_bytes.to_le_bytes());
+            data.extend_from_slice(&1u64.to_le_bytes());
+            data.extend_from_slice(&[0; 64]);
+            elf.append_section_data(debug, &data, 1);
+            elf.section_mut(debug).flags = SectionFlags::Elf {
+                sh_flags: u64::from(object::elf::SHF_COMPRESSED),
+            };
+        }
+        let bytes = elf.write().expect("an ELF file can be written");
+        std::fs::write(path, bytes).expect("write the ELF file");
+    }
+
+    /// Regression: a program without DWARF (a stripped `perf`, 9 MB) was guessed at four times its
+    /// size, 36 MB, more than the whole budget: its first parse dropped every kept file, libc's
+    /// compressed debug file among them, which was then inflated again. It is now guessed from its
+    /// section headers.
+    #[test]
+    fn a_first_parse_of_a_program_without_dwarf_is_guessed_from_its_symbol_tables() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let program = dir.path().join("stripped");
+        write_elf(&program, 8 << 20, 0);
+        let file_bytes = std::fs::metadata(&program).expect("stat").len();
+        assert!(file_bytes * UNKNOWN_FILE_FACTOR > DEFAULT_KEPT_FILES_MAX_BYTES);
+        assert_eq!(
+            first_parse_guess(&program, "", file_bytes, true),
+            MIN_KEPT_FILE_ESTIMATE
+        );
+    }
+
+    #[test]
+    fn a_first_parse_with_compressed_dwarf_is_guessed_at_its_inflated_size() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let program = dir.path().join("with-dwarf");
+        let inflated = 40 << 20;
+        write_elf(&program, 4096, inflated);
+        let file_bytes = std::fs::metadata(&program).expect("stat").len();
+        let sizes = ElfParseBytes::read(&program).expect("an ELF file");
+        assert_eq!(sizes.dwarf_inflated, inflated);
+        assert!(sizes.dwarf_mapped > 0 && sizes.dwarf_mapped < 1024, "{sizes:?}");
+        assert!(sizes.symbol_tables > 0, "{sizes:?}");
+        let guess = first_parse_guess(&program, "", file_bytes, true);
+        assert_eq!(
+            guess,
+            sizes.symbol_tables + sizes.dwarf_mapped + inflated,
+            "{sizes:?}"
+        );
+        // Over the DWARF limit only the symbol tables are read.
+        assert_eq!(
+            first_parse_guess(&program, "", file_bytes, false),
+            MIN_KEPT_FILE_ESTIMATE
+        );
+    }
+
+    #[test]
+    fn a_separate_debug_file_is_found_by_build_id_and_counted_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let build_id = "93ac61ec5a8eb1396f9fbd350e3169a558528a40";
+        let debug_dir = dir.path().join(".build-id/93");
+        std::fs::create_dir_all(&debug_dir).expect("mkdir");
+        let debug_path = debug_dir.join("ac61ec5a8eb1396f9fbd350e3169a558528a40.debug");
+        let inflated = 12 << 20;
+        write_elf(&debug_path, 256 << 10, inflated);
+        let dirs = ["/nonexistent", dir.path().to_str().expect("utf-8 temp dir")];
+        let (found, sizes) = separate_debug_file(&dirs, build_id).expect("found by build id");
+        assert_eq!(found, debug_path);
+        assert_eq!(sizes.dwarf_inflated, inflated);
+        assert!(
+            separate_debug_file(&dirs, "93ac").is_none(),
+            "too short a build id"
+        );
+        assert!(separate_debug_file(&dirs, &build_id.replace("93", "94")).is_none());
+    }
+
+    /// A kept file dropped to make room has recurring misses by definition: its next miss keeps it
+    /// again instead of parsing it once more for one cycle first.
+    #[test]
+    fn a_kept_file_dropped_to_make_room_is_kept_again_at_its_next_miss() {
+        let mut kept = KeptFiles::new(2 * MIN_KEPT_FILE_ESTIMATE);
+        kept.keep(
+            key("libc"),
+            PathBuf::from("libc"),
+            blaze(),
+            2 * MIN_KEPT_FILE_ESTIMATE,
+        );
+        kept.end_cycle();
+        kept.make_room(MIN_KEPT_FILE_ESTIMATE);
+        assert!(!kept.files.contains_key(&key("libc")));
+        kept.end_cycle();
+        assert!(kept.recurs(&key("libc")));
+        // A file never seen before does not recur.
+        assert!(!kept.recurs(&key("new")));
     }
 
     #[test]
