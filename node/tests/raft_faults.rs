@@ -1223,3 +1223,38 @@ async fn health_a_replica_stopped_on_one_node_leaves_its_group_writable_through_
     );
     stop_all(nodes).await;
 }
+
+/// GET `path` from `router`: the status and the body as text.
+async fn http_get(router: &axum::Router, path: &str) -> (u16, String) {
+    use tower::ServiceExt;
+    let request = axum::http::Request::get(path)
+        .body(axum::body::Body::empty())
+        .expect("a GET request");
+    let response = router.clone().oneshot(request).await.expect("the router answers");
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("a body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A node that shuts down is no longer ready, so that load balancers stop sending it requests, but
+/// the groups it is stopping on purpose do not fail its liveness check (nothing to restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_a_node_shutting_down_is_not_ready_and_still_live() {
+    let nodes = start_cluster(1).await;
+    let cluster = nodes[0].state.cluster.clone();
+    wait_for("a leader for every group", || {
+        cluster.health().groups_without_leader.is_empty()
+    })
+    .await;
+    let router = kiln_node::server::http::router(nodes[0].state.clone(), 1 << 20);
+    assert_eq!(http_get(&router, "/readyz").await, (200, "ready\n".to_string()));
+
+    cluster.shutdown().await;
+    let (status, text) = http_get(&router, "/readyz").await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("shutting down"), "{text}");
+    assert_eq!(http_get(&router, "/healthz").await, (200, "ok\n".to_string()));
+    stop_all(nodes).await;
+}
