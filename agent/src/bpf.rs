@@ -258,7 +258,9 @@ pub struct Sampler {
     control: Array<MapData, Control>,
     inflight: PerCpuArray<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
-    events: RingBuf<MapData>,
+    /// The stack event ring, mapped in DWARF mode only: frame-pointer mode never writes to it, and its
+    /// data pages, mapped twice, counted 8 MB of the agent's RSS for a 4 MiB ring.
+    events: Option<RingBuf<MapData>>,
     events_sent: PerCpuArray<MapData, u64>,
     /// Stack events consumed per generation since loading (compared with the program's `events_sent`).
     events_consumed: [u64; 2],
@@ -334,7 +336,13 @@ impl Sampler {
         } else {
             0
         };
-        let ring_buffer_bytes = options.ring_buffer_bytes.max(64 * 1024).next_power_of_two();
+        let ring_buffer_bytes = if stack_copy_bytes > 0 {
+            options.ring_buffer_bytes.max(64 * 1024).next_power_of_two()
+        } else {
+            // The smallest ring the kernel accepts (a power of two, whole pages): the map must exist,
+            // the program refers to it.
+            page_bytes()
+        };
         let mut ebpf = EbpfLoader::new()
             .set_max_entries("counts0", max_keys)
             .set_max_entries("counts1", max_keys)
@@ -374,7 +382,11 @@ impl Sampler {
         let mut control = Array::try_from(take("control")?).map_err(unavailable)?;
         let inflight = PerCpuArray::try_from(take("inflight")?).map_err(unavailable)?;
         let stats = PerCpuArray::try_from(take("stats")?).map_err(unavailable)?;
-        let events = RingBuf::try_from(take("stack_events")?).map_err(unavailable)?;
+        let events = if stack_copy_bytes > 0 {
+            Some(RingBuf::try_from(take("stack_events")?).map_err(unavailable)?)
+        } else {
+            None
+        };
         let events_sent = PerCpuArray::try_from(take("events_sent")?).map_err(unavailable)?;
         // Turn DWARF mode on last: until now the program ran with stack_copy_bytes = 0 (counts only).
         control
@@ -412,7 +424,10 @@ impl Sampler {
     /// event is handed over exactly once (the ring's consumer position moves past it).
     pub fn poll_events(&mut self, on_event: &mut dyn FnMut(&StackEvent<'_>)) -> usize {
         let mut handled = 0;
-        while let Some(record) = self.events.next() {
+        let Some(events) = self.events.as_mut() else {
+            return 0;
+        };
+        while let Some(record) = events.next() {
             handled += 1;
             match StackEvent::parse(&record) {
                 Some(event) => {
@@ -605,6 +620,16 @@ impl Sampler {
     }
 }
 
+/// The memory page size, bytes (4096 when the system cannot say).
+fn page_bytes() -> u32 {
+    // SAFETY: sysconf only reads a system constant.
+    let bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(bytes)
+        .ok()
+        .filter(|bytes| bytes.is_power_of_two())
+        .unwrap_or(4096)
+}
+
 /// Calls `done` every 200 µs until it answers true (returns true) or [`QUIESCE_DEADLINE`] has passed
 /// (returns false): the drain's waits for BPF programs, which run for microseconds.
 fn poll_until_deadline(mut done: impl FnMut() -> Result<bool, BpfError>) -> Result<bool, BpfError> {
@@ -628,4 +653,57 @@ pub fn resolve_stack(stacks: &StdHashMap<i32, Vec<u64>>, id: i32) -> Vec<u64> {
 /// True for the marker ids that mean "the stack was lost" (collision, map full).
 pub fn stack_lost(id: i32) -> bool {
     id == STACK_ID_COLLISION || id == STACK_ID_MAP_FULL
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Resident KiB of this process' mappings of BPF maps (`anon_inode:bpf-map` in smaps).
+    fn bpf_map_resident_kib() -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+        let mut in_bpf_map = false;
+        let mut kib = 0;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or_default();
+            if first.contains('-') && !first.ends_with(':') {
+                in_bpf_map = line.ends_with("anon_inode:bpf-map");
+            } else if in_bpf_map && first == "Rss:" {
+                kib += line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|value| value.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        kib
+    }
+
+    /// Regression: in frame-pointer mode the stack event ring, which only DWARF mode writes, was
+    /// created at its full 4 MiB and mapped, and its data pages, mapped twice, counted 8 MB of RSS.
+    #[test]
+    fn frame_pointer_mode_maps_no_ring_buffer() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: loading BPF needs root");
+            return;
+        }
+        let options = |stack_copy_bytes| SamplerOptions {
+            frequency_hz: 19,
+            max_keys: 1024,
+            max_stacks: 1024,
+            stack_copy_bytes,
+            ring_buffer_bytes: 4 * 1024 * 1024,
+        };
+        let mut sampler = Sampler::start(options(0)).expect("BPF loads as root");
+        assert!(!sampler.dwarf_mode());
+        assert!(bpf_map_resident_kib() < 1024, "{} KiB", bpf_map_resident_kib());
+        sampler.drain(&mut |_| {}).expect("a frame-pointer drain");
+        drop(sampler);
+
+        // DWARF mode still maps its ring (the test's control: the measure sees a mapped ring).
+        let sampler = Sampler::start(options(4096)).expect("BPF loads as root");
+        assert!(sampler.dwarf_mode());
+        assert!(bpf_map_resident_kib() >= 4096, "{} KiB", bpf_map_resident_kib());
+    }
 }
