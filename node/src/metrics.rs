@@ -88,7 +88,8 @@ pub struct Metrics {
     pub disk_bytes: Gauge,
     /// Bytes free on the data directory's file system, as last measured.
     pub disk_free_bytes: Gauge,
-    /// Write proposals refused because the data directory's free space was under the reserve.
+    /// Write proposals this node refused as a leader because its own data directory's free space, or
+    /// that of another voter of the group (as that voter last reported it), was under the reserve.
     pub writes_refused_for_disk: Counter,
 }
 
@@ -169,7 +170,7 @@ impl Metrics {
         let writes_refused_for_disk = Counter::default();
         registry.register(
             "writes_refused_for_disk",
-            "write proposals refused because free disk space was under --min-free-disk-bytes",
+            "write proposals refused because free disk space on this node or on another replica of the group was under --min-free-disk-bytes",
             writes_refused_for_disk.clone(),
         );
         let raft_commit_seconds = Family::<GroupLabels, Histogram>::new_with_constructor(|| {

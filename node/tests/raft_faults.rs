@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_model::time::now_unix_ms;
+use kiln_node::cluster::internal::Failure;
 use kiln_node::cluster::ClusterConfig;
 use kiln_node::raft::{Command, NodeId};
 use kiln_node::storage::writer::Expiry;
@@ -53,6 +54,15 @@ async fn start_node(join: Option<String>) -> TestNode {
 }
 
 async fn start_node_with(join: Option<String>, group_query_timeout: Duration) -> TestNode {
+    start_node_reserving(join, group_query_timeout, None).await
+}
+
+/// [`start_node_with`], with `--min-free-disk-bytes` set to `disk_reserve_bytes` when given.
+async fn start_node_reserving(
+    join: Option<String>,
+    group_query_timeout: Duration,
+    disk_reserve_bytes: Option<u64>,
+) -> TestNode {
     let directory = tempfile::tempdir().expect("temp dir");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address").to_string();
@@ -65,7 +75,10 @@ async fn start_node_with(join: Option<String>, group_query_timeout: Duration) ->
     cluster.dead_node_timeout = Duration::from_secs(60);
     cluster.group_query_timeout = group_query_timeout;
     // The shared Go profiles keep the time they were recorded at; keep them whatever today's date is.
-    let config = NodeConfig::keeping_everything(directory.path().to_path_buf());
+    let mut config = NodeConfig::keeping_everything(directory.path().to_path_buf());
+    if let Some(bytes) = disk_reserve_bytes {
+        config.storage.disk_reserve_bytes = bytes;
+    }
     let max_message_bytes = config.max_message_bytes;
     // A joining node asks the first node's server, which is already serving.
     let state = NodeState::open(config, cluster).await.expect("open node");
@@ -1256,5 +1269,75 @@ async fn health_a_node_shutting_down_is_not_ready_and_still_live() {
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("shutting down"), "{text}");
     assert_eq!(http_get(&router, "/healthz").await, (200, "ok\n".to_string()));
+    stop_all(nodes).await;
+}
+
+/// Regression: only the leader checked its own free disk space before appending a write. A follower
+/// whose disk was under its reserve went on appending until the disk filled and openraft stopped
+/// its replica, leaving the group without a spare. Followers now report it in their append answers
+/// and the leader refuses writes naming them; a follower that stops answering holds nothing back
+/// once its last report is older than `DISK_REPORT_MAX_AGE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disk_a_follower_under_its_reserve_holds_back_writes_to_its_groups() {
+    let first = start_node(None).await;
+    let seed = first.state.cluster.config().advertise_address.clone();
+    let second = start_node(Some(seed.clone())).await;
+    // No file system has this much free: the third node is always under its reserve.
+    let full = start_node_reserving(Some(seed), Duration::from_secs(3), Some(u64::MAX)).await;
+    let nodes = vec![first, second, full];
+    wait_replicated(&nodes, 3).await;
+    let full_id = nodes[2].id();
+    let mut led_elsewhere = None;
+    wait_for("a data group led by a node with room", || {
+        led_elsewhere = [1, 2]
+            .into_iter()
+            .find_map(|group| leader_excluding(&nodes, group, Some(full_id)).map(|leader| (group, leader)));
+        led_elsewhere.is_some()
+    })
+    .await;
+    let (group, leader) = led_elsewhere.unwrap_or_default();
+    let propose = |at: NodeId| {
+        let cluster = node(&nodes, at).state.cluster.clone();
+        async move {
+            cluster
+                .propose_local(group, Command::UnstampedWrite(Default::default()))
+                .await
+        }
+    };
+    let mut refusal = None;
+    // The first heartbeat answers carry the report.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while refusal.is_none() && tokio::time::Instant::now() < deadline {
+        match propose(leader).await {
+            Err(Failure::Refused(message)) => refusal = Some(message),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let refusal = refusal.expect("the leader refuses writes while a voter is under its reserve");
+    assert!(
+        refusal.contains(&format!("group {group}: node {full_id}'s data directory"))
+            && refusal.contains("under its reserve"),
+        "{refusal}"
+    );
+
+    // Cut off, the full node no longer reports: the two others write again, through the same leader
+    // once its report is stale, or through a new leader (leaders are rebalanced) that never got one.
+    nodes[2].state.cluster.faults.isolate(full_id);
+    for other in &nodes[..2] {
+        other.state.cluster.faults.isolate(full_id);
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut written = false;
+    while !written && tokio::time::Instant::now() < deadline {
+        match leader_excluding(&nodes[..2], group, Some(full_id)) {
+            Some(leader) => written = propose(leader).await.is_ok(),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+        if !written {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(written, "writes resume once the full node's report is stale");
+    heal_all(&nodes);
     stop_all(nodes).await;
 }

@@ -43,7 +43,9 @@ use crate::ingest::{prepare_write, AcceptedWrite, OldestKept};
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{AddressBook, FaultInjector, GroupNetworkFactory, PeerChannels, RaftRegistry};
+use crate::raft::network::{
+    AddressBook, FaultInjector, GroupNetworkFactory, PeerChannels, PeerDiskReports, RaftRegistry,
+};
 use crate::raft::state_machine::{GroupStateMachine, MachineKind};
 use crate::raft::{decode, encode, Command, CommandResponse, KilnRaft, NodeId};
 use crate::storage::keys::{self, GroupId};
@@ -177,6 +179,8 @@ pub struct Cluster {
     view: RwLock<ClusterMap>,
     /// Current address of every node, for the raft network.
     addresses: AddressBook,
+    /// Which peers said, in their latest append answers, that they refuse writes for want of disk.
+    peer_disk_reports: Arc<PeerDiskReports>,
     /// The leader each local replica saw at the last metrics update, to count
     /// leader changes.
     seen_leaders: Mutex<HashMap<GroupId, Option<NodeId>>>,
@@ -263,6 +267,7 @@ impl Cluster {
             applied_map: Arc::new(RwLock::new(applied)),
             applied_changed,
             addresses: Arc::new(RwLock::new(known_addresses)),
+            peer_disk_reports: Arc::new(PeerDiskReports::default()),
             seen_leaders: Mutex::new(HashMap::new()),
             leader_hints: RwLock::new(HashMap::new()),
             health: Mutex::new(BTreeMap::new()),
@@ -397,6 +402,7 @@ impl Cluster {
             self.peers.clone(),
             self.faults.clone(),
             self.addresses.clone(),
+            self.peer_disk_reports.clone(),
         );
         let raft = KilnRaft::new(
             self.node_id,
@@ -588,10 +594,7 @@ impl Cluster {
         // Checked where the entry would be appended: only a leader appends a proposal. Expiries and
         // cluster changes pass, since they free space or are small.
         if command.adds_data() {
-            self.storage.disk().admit_write().map_err(|message| {
-                self.metrics.writes_refused_for_disk.inc();
-                Failure::Refused(format!("group {group}: node {}'s {message}", self.node_id))
-            })?;
+            self.admit_data_write(group, &replica)?;
         }
         let started = Instant::now();
         match replica.raft.client_write(command).await {
@@ -610,6 +613,37 @@ impl Cluster {
             }
             Err(error) => Err(Failure::Unavailable(format!("group {group}: {error}"))),
         }
+    }
+
+    /// Whether a proposal that adds data may be appended to `group`, led here: this node's free disk
+    /// space and that of every other voter of the group, as they last reported it, must be over
+    /// their reserves. Why the voters too: a follower whose disk fills stops its replica (openraft
+    /// stops a group whose storage fails), and with one such stop the group runs without a spare
+    /// and nothing moves the replica away, since its node is up.
+    fn admit_data_write(&self, group: GroupId, replica: &GroupReplica) -> Result<(), Failure> {
+        let refused = |node: NodeId, message: String| {
+            self.metrics.writes_refused_for_disk.inc();
+            Failure::Refused(format!("group {group}: node {node}'s {message}"))
+        };
+        self.storage
+            .disk()
+            .admit_write()
+            .map_err(|message| refused(self.node_id, message))?;
+        let voters: Vec<NodeId> = replica
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|node| *node != self.node_id)
+            .collect();
+        for voter in voters {
+            if let Some(message) = self.peer_disk_reports.refusal(voter) {
+                return Err(refused(voter, message));
+            }
+        }
+        Ok(())
     }
 
     /// [`Self::propose_local`], given up at `deadline`. Why: a leader cut off from its group does
@@ -1255,6 +1289,10 @@ impl Cluster {
 impl RaftRegistry for Cluster {
     fn raft(&self, group: GroupId) -> Option<KilnRaft> {
         self.replica(group).map(|replica| replica.raft.clone())
+    }
+
+    fn disk_refusal(&self) -> Option<String> {
+        self.storage.disk().admit_write().err()
     }
 }
 

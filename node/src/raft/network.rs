@@ -108,6 +108,43 @@ impl FaultInjector {
     }
 }
 
+/// What each peer said of its disk in its latest raft answer: why it refuses writes (its free space
+/// is under its reserve), when it does. Shared by every group of the node.
+///
+/// Guarantees: [`Self::refusal`] answers only from reports younger than [`DISK_REPORT_MAX_AGE`],
+/// so a peer that stopped answering (down, partitioned) holds nothing back: raft's quorum deals
+/// with it. Every append answer (heartbeats included) refreshes its sender's report.
+#[derive(Default)]
+pub struct PeerDiskReports {
+    refusals: Mutex<HashMap<NodeId, (String, std::time::Instant)>>,
+}
+
+/// How long a peer's report of a full disk holds writes back without being renewed.
+pub const DISK_REPORT_MAX_AGE: Duration = Duration::from_secs(10);
+
+impl PeerDiskReports {
+    /// Records `peer`'s latest answer: `refusal` is empty when its disk has room.
+    pub fn record(&self, peer: NodeId, refusal: &str) {
+        let mut refusals = self.refusals.lock();
+        if refusal.is_empty() {
+            refusals.remove(&peer);
+        } else {
+            refusals.insert(peer, (refusal.to_string(), std::time::Instant::now()));
+        }
+    }
+
+    /// Why `peer` refuses writes, if it said so within [`DISK_REPORT_MAX_AGE`].
+    pub fn refusal(&self, peer: NodeId) -> Option<String> {
+        self.refusal_as_of(peer, std::time::Instant::now())
+    }
+
+    fn refusal_as_of(&self, peer: NodeId, now: std::time::Instant) -> Option<String> {
+        let refusals = self.refusals.lock();
+        let (refusal, at) = refusals.get(&peer)?;
+        (now.saturating_duration_since(*at) < DISK_REPORT_MAX_AGE).then(|| refusal.clone())
+    }
+}
+
 /// Current address of each node, kept from the cluster map. Raft memberships
 /// remember the address a node had when it was added; a node restarted on another
 /// address is found through this book instead.
@@ -146,6 +183,7 @@ pub struct GroupNetworkFactory {
     peers: Arc<PeerChannels>,
     faults: Arc<FaultInjector>,
     addresses: AddressBook,
+    disk_reports: Arc<PeerDiskReports>,
 }
 
 impl GroupNetworkFactory {
@@ -156,6 +194,7 @@ impl GroupNetworkFactory {
         peers: Arc<PeerChannels>,
         faults: Arc<FaultInjector>,
         addresses: AddressBook,
+        disk_reports: Arc<PeerDiskReports>,
     ) -> Self {
         GroupNetworkFactory {
             group,
@@ -163,6 +202,7 @@ impl GroupNetworkFactory {
             peers,
             faults,
             addresses,
+            disk_reports,
         }
     }
 }
@@ -179,6 +219,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
             peers: self.peers.clone(),
             faults: self.faults.clone(),
             addresses: self.addresses.clone(),
+            disk_reports: self.disk_reports.clone(),
         }
     }
 }
@@ -192,6 +233,7 @@ pub struct GroupConnection {
     peers: Arc<PeerChannels>,
     faults: Arc<FaultInjector>,
     addresses: AddressBook,
+    disk_reports: Arc<PeerDiskReports>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +269,7 @@ impl GroupConnection {
         let mut message = tonic::Request::new(api::RaftMessage {
             group: self.group,
             payload,
+            disk_refusal: String::new(),
         });
         message.set_timeout(option.hard_ttl());
         let answer = match kind {
@@ -243,8 +286,12 @@ impl GroupConnection {
                 _ => RPCError::Network(NetworkError::new(&error)),
             }
         })?;
-        let decoded: Result<Resp, E> = decode(&answer.into_inner().payload)
-            .map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
+        let answer = answer.into_inner();
+        if matches!(kind, RaftRpc::Append) {
+            self.disk_reports.record(self.target, &answer.disk_refusal);
+        }
+        let decoded: Result<Resp, E> =
+            decode(&answer.payload).map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
         decoded.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
     }
 }
@@ -286,6 +333,12 @@ impl RaftNetwork<TypeConfig> for GroupConnection {
 pub trait RaftRegistry: Send + Sync + 'static {
     /// The group's raft, `None` when this node does not host it.
     fn raft(&self, group: GroupId) -> Option<KilnRaft>;
+
+    /// Why this node refuses writes for want of disk space, `None` when it has room; sent back with
+    /// every append answer (see [`PeerDiskReports`]).
+    fn disk_refusal(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The `RaftService` server: hands each RPC to its group's raft.
@@ -316,10 +369,15 @@ fn decode_request<T: for<'de> serde::Deserialize<'de>>(
 fn encode_answer<T: serde::Serialize>(
     group: GroupId,
     answer: &T,
+    disk_refusal: Option<String>,
 ) -> Result<tonic::Response<api::RaftMessage>, tonic::Status> {
     let payload = encode(answer)
         .map_err(|error| tonic::Status::internal(format!("cannot encode raft answer: {error}")))?;
-    Ok(tonic::Response::new(api::RaftMessage { group, payload }))
+    Ok(tonic::Response::new(api::RaftMessage {
+        group,
+        payload,
+        disk_refusal: disk_refusal.unwrap_or_default(),
+    }))
 }
 
 #[tonic::async_trait]
@@ -332,7 +390,7 @@ impl RaftService for RaftServer {
         let raft = self.raft(message.group)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode_request(&message)?;
         let answer = raft.append_entries(rpc).await;
-        encode_answer(message.group, &answer)
+        encode_answer(message.group, &answer, self.registry.disk_refusal())
     }
 
     async fn vote(
@@ -343,7 +401,7 @@ impl RaftService for RaftServer {
         let raft = self.raft(message.group)?;
         let rpc: VoteRequest<NodeId> = decode_request(&message)?;
         let answer = raft.vote(rpc).await;
-        encode_answer(message.group, &answer)
+        encode_answer(message.group, &answer, None)
     }
 
     async fn install_snapshot(
@@ -354,6 +412,32 @@ impl RaftService for RaftServer {
         let raft = self.raft(message.group)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(&message)?;
         let answer = raft.install_snapshot(rpc).await;
-        encode_answer(message.group, &answer)
+        encode_answer(message.group, &answer, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_disk_report_holds_until_renewed_cleared_or_stale() {
+        let reports = PeerDiskReports::default();
+        assert_eq!(reports.refusal(2), None);
+        reports.record(2, "data directory /d has 1 MiB free");
+        reports.record(3, "");
+        assert_eq!(
+            reports.refusal(2).as_deref(),
+            Some("data directory /d has 1 MiB free")
+        );
+        assert_eq!(reports.refusal(3), None);
+        let later = std::time::Instant::now() + DISK_REPORT_MAX_AGE;
+        assert_eq!(
+            reports.refusal_as_of(2, later),
+            None,
+            "a stale report holds nothing back"
+        );
+        reports.record(2, "");
+        assert_eq!(reports.refusal(2), None, "an answer with room clears it");
     }
 }

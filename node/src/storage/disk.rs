@@ -5,7 +5,9 @@
 //! With a full disk, every group of the node stopped: writes failed, and so did queries, which
 //! need each group's leader to prove it is current. So writes are refused while free space is under
 //! the reserve, before anything is appended; reads, expiries (which free space) and cluster changes
-//! still go through, and writes resume by themselves once space is freed.
+//! still go through, and writes resume by themselves once space is freed. A node under its reserve
+//! also says so in its answers to raft appends, and the leaders of its groups refuse writes too
+//! (`raft::network::PeerDiskReports`): otherwise its replicas, as followers, would fill its disk.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
