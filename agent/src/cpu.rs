@@ -466,6 +466,17 @@ impl CpuProfiler {
         let mut next_drain = Instant::now() + self.drain_interval;
         let mut next_peek = Instant::now() + PEEK_INTERVAL;
         let dwarf = sampler.dwarf_mode();
+        // Shutdown unparks this thread, which otherwise sleeps until its next deadline: every wake-up
+        // is CPU that a profiler at 19 Hz cannot spare. (Not a tokio timer: each of its expiries
+        // wakes a runtime worker as well as this thread.)
+        let profiler_thread = std::thread::current();
+        let unpark_on_shutdown = {
+            let shutdown = shutdown.clone();
+            runtime.spawn(async move {
+                shutdown.wait().await;
+                profiler_thread.unpark();
+            })
+        };
         loop {
             let stopping = loop {
                 if shutdown.is_triggered() {
@@ -479,10 +490,8 @@ impl CpuProfiler {
                 if dwarf {
                     wait = wait.min(EVENT_POLL_INTERVAL);
                 }
-                // Woken by the shutdown signal or the deadline, not by polling the signal: every
-                // wake-up is CPU that a profiler at 19 Hz cannot spare (was: every 250 ms).
-                // (The timer is created inside the runtime: this thread is not one of its own.)
-                let _ = runtime.block_on(async { tokio::time::timeout(wait, shutdown.wait()).await });
+                // An unpark that came before this call makes it return at once: no lost wake-up.
+                std::thread::park_timeout(wait);
                 if dwarf {
                     sampler.poll_events(&mut |event| {
                         handle_stack_event(
@@ -573,6 +582,7 @@ impl CpuProfiler {
                 .symbol_files_kept_bytes
                 .set(symbolizer.stats().kept_file_bytes);
             if stopping {
+                unpark_on_shutdown.abort();
                 return;
             }
         }
