@@ -15,6 +15,9 @@ use kiln_client::{ConnectOptions, RetryPolicy, RoutingClient};
 use kiln_proto::kiln::v1::{WriteRequest, WriteResponse};
 use tokio::sync::Notify;
 
+/// How often an idle pusher looks at the spool without being woken (it is woken at every append).
+const IDLE_RECHECK: Duration = Duration::from_secs(60);
+
 use crate::metrics::Metrics;
 use crate::spool::{Spool, SpoolError};
 
@@ -193,8 +196,9 @@ impl Outbox {
                     tokio::select! {
                         _ = &mut shutdown => break,
                         _ = self.wake.notified() => {}
-                        // Belt and braces: a missed wake-up costs at most this much delay.
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        // Belt and braces only: `notify_one` leaves a permit when nobody waits, so
+                        // no wake-up is missed. Each pass reads the spool's directory, so not often.
+                        _ = tokio::time::sleep(IDLE_RECHECK) => {}
                     }
                 }
                 Progress::Failed => {
