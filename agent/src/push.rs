@@ -15,11 +15,11 @@ use kiln_client::{ConnectOptions, RetryPolicy, RoutingClient};
 use kiln_proto::kiln::v1::{WriteRequest, WriteResponse};
 use tokio::sync::Notify;
 
-/// How often an idle pusher looks at the spool without being woken (it is woken at every append).
-const IDLE_RECHECK: Duration = Duration::from_secs(60);
-
 use crate::metrics::Metrics;
 use crate::spool::{Spool, SpoolError};
+
+/// How often an idle pusher looks at the spool without being woken (it is woken at every append).
+const IDLE_RECHECK: Duration = Duration::from_secs(60);
 
 /// Why a push failed.
 #[derive(Debug, thiserror::Error)]
