@@ -1,4 +1,4 @@
-# Shared by the agent benchmarks (overhead.sh, unwind.sh); sourced, not run. The caller sets BIN (the
+# Shared by the agent benchmarks (overhead.sh, unwind.sh, sample_cost.sh, steady_cost.sh); sourced, not run. The caller sets BIN (the
 # directory with kiln-node and kiln-agent) and SECONDS_PER_RUN, then calls bench_start.
 
 # Sets ROUNDS, SECONDS_PER_RUN and WARMUP from the script's arguments (defaults 5 rounds, 20 s windows,
@@ -98,4 +98,47 @@ report_perf() {
     else
         echo "perf record -F 19 -a -g: ratio $(echo "scale=4; $(median "$@") / $base" | bc -l)"
     fi
+}
+
+# Prints configurations $2.. starting at position ROUND-1 ($1) and wrapping around: each round starts one
+# position later than the one before, so that a drift of the machine's speed within a round does not
+# always favour the same configuration.
+rotated() {
+    local round=$1
+    shift
+    local configs=("$@") position
+    for position in "${!configs[@]}"; do
+        echo "${configs[$(( (position + round - 1) % ${#configs[@]} ))]}"
+    done
+}
+
+# cgroup v1 cpuacct groups: the CPU time of everything started in one, in nanoseconds, exited processes
+# included. Needs root and the hierarchy at $CPUACCT.
+CPUACCT=/sys/fs/cgroup/cpuacct
+
+# Makes the group $CPUACCT/$1 and prints its path.
+cpuacct_create() {
+    [ -d "$CPUACCT" ] || { echo "needs the cgroup v1 cpuacct hierarchy at $CPUACCT" >&2; exit 1; }
+    mkdir "$CPUACCT/$1"
+    echo "$CPUACCT/$1"
+}
+
+# CPU nanoseconds used so far in group $1.
+cpuacct_ns() { cat "$1/cpuacct.usage"; }
+
+# Starts "${@:2}" in the background inside group $1; its pid (after exec) is the caller's $!.
+cpuacct_start() {
+    # shellcheck disable=SC2016
+    sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$@" &
+}
+
+# Removes groups $@, moving whatever is still in them back to the root first (a cgroup can be removed
+# only once empty). Best effort: it runs from exit traps, where the processes may be gone already.
+cpuacct_remove() {
+    local group pid
+    for group in "$@"; do
+        [ -d "$group" ] || continue
+        while read -r pid; do echo "$pid" > "$CPUACCT/cgroup.procs" 2>/dev/null || true; done < "$group/cgroup.procs"
+        rmdir "$group" 2>/dev/null || true
+    done
 }

@@ -94,15 +94,13 @@ run_perf_record() {
 # frequencies (KILN_OVERHEAD_CONFIGS="fp-999 perf-999") make the per-sample costs large enough to see.
 CONFIGS=${KILN_OVERHEAD_CONFIGS:-"fp-19 dwarf-19 fp-99 dwarf-99 perf-19"}
 declare -A RATIO SHARE BPF NODE_SHARE LOSS RSS SCRIPT
-# Each round runs the baseline and every configuration once, starting one position later than the
-# round before, so that a drift of the machine's speed within a round does not always favour the same
-# configuration (with as many rounds as positions, each configuration runs once in each position).
+# Each round runs the baseline and every configuration once, in rotated order (with as many rounds as
+# positions, each configuration runs once in each position).
 read -r -a ORDER <<< "base $CONFIGS"
 for round in $(seq "$ROUNDS"); do
     declare -A THROUGHPUT=() MEASURED=()
     line="round $round:"
-    for position in "${!ORDER[@]}"; do
-        config=${ORDER[$(( (position + round - 1) % ${#ORDER[@]} ))]}
+    for config in $(rotated "$round" "${ORDER[@]}"); do
         case $config in
             base) read -r t _ < <(measure_window "$$"); s=0 b=0 n=0 r=0 p=0 ;;
             perf-*) read -r t s b n r p < <(run_perf_record "${config#perf-}") ;;

@@ -22,8 +22,6 @@
 #   KILN_SAMPLE_COST_CONFIGS="fp-19 perf-19" agent/bench/sample_cost.sh 6 20 22
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-CPUACCT=/sys/fs/cgroup/cpuacct
-[ -d "$CPUACCT" ] || { echo "needs the cgroup v1 cpuacct hierarchy at $CPUACCT" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 CPUs or more" >&2; exit 1; }
 # shellcheck source=agent/bench/common.sh
 source agent/bench/common.sh
@@ -32,35 +30,20 @@ bench_start "cargo build --release -p kiln-agent -p kiln-node -p kiln-client"
 bench_enable_bpf_stats
 CPUS=$(nproc)
 clang -O2 -o "$WORK/gaps" agent/bench/gaps.c
-PROFILER_CG="$CPUACCT/kiln-bench-profiler-$$"
-NODE_CG="$CPUACCT/kiln-bench-node-$$"
-mkdir "$PROFILER_CG" "$NODE_CG"
-cleanup_cgroups() {
-    # A cgroup can be removed only once empty: move whatever is left back to the root.
-    for group in "$PROFILER_CG" "$NODE_CG"; do
-        [ -d "$group" ] || continue
-        while read -r pid; do echo "$pid" > "$CPUACCT/cgroup.procs" 2>/dev/null || true; done < "$group/cgroup.procs"
-        rmdir "$group" 2>/dev/null || true
-    done
-    bench_cleanup
-}
-trap cleanup_cgroups EXIT
+PROFILER_CG=$(cpuacct_create "kiln-bench-profiler-$$")
+NODE_CG=$(cpuacct_create "kiln-bench-node-$$")
+trap 'cpuacct_remove "$PROFILER_CG" "$NODE_CG"; bench_cleanup' EXIT
 echo "$NODE_PID" > "$NODE_CG/cgroup.procs"
 taskset -a -pc 0 "$NODE_PID" > /dev/null
 
-usage_ns() { cat "$1/cpuacct.usage"; }
-
 # Starts "$@" on CPU 0 inside the profiler cgroup; its pid (after exec) is in $! of the caller's job.
-start_profiler() {
-    # shellcheck disable=SC2016
-    sh -c 'echo $$ > "$0/cgroup.procs" && exec taskset -c 0 "$@"' "$PROFILER_CG" "$@" &
-}
+start_profiler() { cpuacct_start "$PROFILER_CG" taskset -c 0 "$@"; }
 
 # Runs gaps.c on CPU 1 while profiler $1 (0: none) runs; prints "short_ns short_count process_ns node_ns
 # bpf_ns window_s".
 measure_window() {
     local pid=$1 process0 node0 bpf0=0 bpf1=0 start end line
-    process0=$(usage_ns "$PROFILER_CG"); node0=$(usage_ns "$NODE_CG")
+    process0=$(cpuacct_ns "$PROFILER_CG"); node0=$(cpuacct_ns "$NODE_CG")
     [ "$pid" = 0 ] || bpf0=$(bpf_prog_stat "$pid" run_time_ns)
     start=$(date +%s.%N)
     line=$("$WORK/gaps" 1 "$SECONDS_PER_RUN")
@@ -69,7 +52,7 @@ measure_window() {
     local short_ns short_count
     short_ns=$(sed 's/.*short_ns=\([0-9]*\).*/\1/' <<< "$line")
     short_count=$(sed 's/.*short_count=\([0-9]*\).*/\1/' <<< "$line")
-    echo "$short_ns $short_count $(( $(usage_ns "$PROFILER_CG") - process0 )) $(( $(usage_ns "$NODE_CG") - node0 )) $((bpf1 - bpf0)) $(echo "$end - $start" | bc -l)"
+    echo "$short_ns $short_count $(( $(cpuacct_ns "$PROFILER_CG") - process0 )) $(( $(cpuacct_ns "$NODE_CG") - node0 )) $((bpf1 - bpf0)) $(echo "$end - $start" | bc -l)"
 }
 
 run_config() {
@@ -102,8 +85,7 @@ read -r -a ORDER <<< "base $CONFIGS"
 for round in $(seq "$ROUNDS"); do
     declare -A MEASURED=()
     line="round $round:"
-    for position in "${!ORDER[@]}"; do
-        config=${ORDER[$(( (position + round - 1) % ${#ORDER[@]} ))]}
+    for config in $(rotated "$round" "${ORDER[@]}"); do
         MEASURED[$config]=$(run_config "$config")
         read -r short_ns _ <<< "${MEASURED[$config]}"
         line+=" $config $short_ns"

@@ -21,9 +21,6 @@
 #       agent/bench/steady_cost.sh 2 30 45
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-
-CPUACCT=/sys/fs/cgroup/cpuacct
-[ -d "$CPUACCT" ] || { echo "needs the cgroup v1 cpuacct hierarchy at $CPUACCT" >&2; exit 1; }
 command -v perf > /dev/null || { echo "needs perf (apt-get install linux-perf)" >&2; exit 1; }
 
 # shellcheck source=agent/bench/common.sh
@@ -34,15 +31,12 @@ HZ=${HZ:-19}
 CONFIGS=${KILN_STEADY_COST_CONFIGS:-"agent perf"}
 bench_start "cargo build --release -p kiln-agent -p kiln-node"
 
-PROFILER_CG="$CPUACCT/kiln-steady-profiler-$$"
-mkdir "$PROFILER_CG"
+PROFILER_CG=$(cpuacct_create "kiln-steady-profiler-$$")
 LIFE_PIDS=()
 cleanup() {
+    # Best effort, from the exit trap: the host's life may have ended already.
     for pid in "${LIFE_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    if [ -d "$PROFILER_CG" ]; then
-        while read -r pid; do echo "$pid" > "$CPUACCT/cgroup.procs" 2>/dev/null || true; done < "$PROFILER_CG/cgroup.procs"
-        rmdir "$PROFILER_CG" 2>/dev/null || true
-    fi
+    cpuacct_remove "$PROFILER_CG"
     bench_cleanup
 }
 trap cleanup EXIT
@@ -68,23 +62,19 @@ LIFE_PIDS+=($!)
 ) &
 LIFE_PIDS+=($!)
 
-usage_ns() { cat "$PROFILER_CG/cpuacct.usage"; }
-
 # Runs one configuration: prints the profiler's CPU nanoseconds per window, then its peak RSS in KiB.
 run_config() {
     local config=$1 pid
     case $config in
         perf)
-            sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$PROFILER_CG" \
-                perf record -F "$HZ" -a -g -o "$WORK/perf.data" -- sleep 100000 > /dev/null 2> "$WORK/profiler.err" &
+            cpuacct_start "$PROFILER_CG" perf record -F "$HZ" -a -g -o "$WORK/perf.data" -- sleep 100000 > /dev/null 2> "$WORK/profiler.err"
             pid=$! ;;
         agent | agent=*)
             local binary=$BIN/kiln-agent
             [ "$config" = agent ] || binary=${config#agent=}
             rm -rf "$WORK/spool"
-            sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$PROFILER_CG" env KILN_LOG=warn \
-                "$binary" --server "$NODE" --metrics-listen "" --spool-dir "$WORK/spool" \
-                --frequency-hz "$HZ" --unwinder fp > /dev/null 2> "$WORK/profiler.err" &
+            cpuacct_start "$PROFILER_CG" env KILN_LOG=warn "$binary" --server "$NODE" --metrics-listen "" --spool-dir "$WORK/spool" \
+                --frequency-hz "$HZ" --unwinder fp > /dev/null 2> "$WORK/profiler.err"
             pid=$! ;;
         *) echo "unknown configuration $config" >&2; exit 1 ;;
     esac
@@ -92,9 +82,9 @@ run_config() {
     kill -0 "$pid" 2>/dev/null || { echo "$config did not run: $(head -c 300 "$WORK/profiler.err")" >&2; exit 1; }
     local windows="" before after
     for _ in $(seq "$WINDOWS"); do
-        before=$(usage_ns)
+        before=$(cpuacct_ns "$PROFILER_CG")
         sleep "$SECONDS_PER_RUN"
-        after=$(usage_ns)
+        after=$(cpuacct_ns "$PROFILER_CG")
         windows+="$((after - before)) "
     done
     local peak_kib
@@ -109,8 +99,7 @@ CPUS=$(nproc)
 declare -A SHARES PEAKS
 read -r -a ORDER <<< "$CONFIGS"
 for round in $(seq "$ROUNDS"); do
-    for position in "${!ORDER[@]}"; do
-        config=${ORDER[$(( (position + round - 1) % ${#ORDER[@]} ))]}
+    for config in $(rotated "$round" "${ORDER[@]}"); do
         read -r -a measured <<< "$(run_config "$config")"
         peak=${measured[-1]}
         unset 'measured[-1]'
