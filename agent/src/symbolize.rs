@@ -258,12 +258,11 @@ fn first_parse_guess(path: &std::path::Path, build_id: &str, file_bytes: u64, wi
             .saturating_add(own.dwarf_mapped)
             .saturating_add(own.dwarf_inflated);
         if own.dwarf_mapped == 0 {
-            if let Some((debug_path, debug)) = separate_debug_file(&DEBUG_DIRS, build_id) {
+            if let Some((_, debug)) = separate_debug_file(&DEBUG_DIRS, build_id) {
                 // blazesym checks the debug link's CRC over the whole debug file, so all of it becomes
                 // resident, besides the sections it inflates.
-                let debug_file_bytes = std::fs::metadata(debug_path).map_or(0, |meta| meta.len());
                 guess = guess
-                    .saturating_add(debug_file_bytes)
+                    .saturating_add(debug.file_bytes)
                     .saturating_add(debug.dwarf_inflated);
             }
         }
@@ -292,6 +291,8 @@ fn separate_debug_file(debug_dirs: &[&str], build_id: &str) -> Option<(PathBuf, 
 /// The sizes, from an ELF file's section headers only, that parsing it for symbols costs in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ElfParseBytes {
+    /// The whole file.
+    file_bytes: u64,
     /// `.symtab` and `.dynsym`: mapped and read whole (sorted by address). Their string tables are
     /// not counted: only the names of the symbols found are read (for a release kiln-node, 1.5 MB of
     /// `.symtab` and 5.4 MB of `.strtab`, the parse grew the resident memory by 1.6 MB).
@@ -307,9 +308,11 @@ impl ElfParseBytes {
     fn read(path: &std::path::Path) -> Option<ElfParseBytes> {
         use object::{Object, ObjectSection};
         let file = std::fs::File::open(path).ok()?;
+        let file_bytes = file.metadata().ok()?.len();
         let cache = object::ReadCache::new(file);
         let elf = object::File::parse(&cache).ok()?;
         let mut sizes = ElfParseBytes {
+            file_bytes,
             symbol_tables: 0,
             dwarf_mapped: 0,
             dwarf_inflated: 0,
@@ -678,7 +681,8 @@ impl Symbolizer {
         // DWARF of a huge binary (a debug build of a large Rust program) costs hundreds of MB to
         // parse; such files get ELF symbols only (function names, no lines or inlined frames).
         let file_bytes = std::fs::metadata(open_path).map_or(0, |meta| meta.len());
-        elf.debug_syms = file_bytes <= self.max_dwarf_file_bytes;
+        let with_dwarf = file_bytes <= self.max_dwarf_file_bytes;
+        elf.debug_syms = with_dwarf;
         let source = Source::Elf(elf);
         let converted =
             |results: Result<Vec<blazesym::symbolize::Symbolized<'_>>, blazesym::Error>| match results {
@@ -692,7 +696,6 @@ impl Symbolizer {
             converted(kept.symbolize(&source, Input::FileOffset(offsets)))
         } else {
             self.stats.files_parsed += 1;
-            let with_dwarf = file_bytes <= self.max_dwarf_file_bytes;
             let expected = self.kept.expected_bytes(key, || {
                 first_parse_guess(open_path, &key.build_id, file_bytes, with_dwarf)
             });
