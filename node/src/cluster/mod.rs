@@ -140,6 +140,17 @@ impl GroupReplica {
     pub fn stopped(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Shutdown
     }
+
+    /// The voters of this replica's group, as its raft's current membership has them.
+    pub fn voter_ids(&self) -> Vec<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
 }
 
 /// Why a write cannot go through `node`'s replica of `group` (see [`GroupReplica::stopped`]).
@@ -629,16 +640,10 @@ impl Cluster {
             .disk()
             .admit_write()
             .map_err(|message| refused(self.node_id, message))?;
-        let voters: Vec<NodeId> = replica
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .filter(|node| *node != self.node_id)
-            .collect();
-        for voter in voters {
+        for voter in replica.voter_ids() {
+            if voter == self.node_id {
+                continue;
+            }
             if let Some(message) = self.peer_disk_reports.refusal(voter) {
                 return Err(refused(voter, message));
             }
