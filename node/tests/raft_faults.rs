@@ -115,8 +115,20 @@ async fn start_cluster_with(count: usize, group_query_timeout: Duration) -> Vec<
 }
 
 async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    wait_for_some(what, || std::future::ready(condition().then_some(()))).await
+}
+
+/// Runs `probe` every 50 ms until it answers `Some`, which it returns; fails the test after
+/// `DEADLINE`.
+async fn wait_for_some<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !condition() {
+    loop {
+        if let Some(answer) = probe().await {
+            return answer;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out waiting for {what}"
@@ -589,16 +601,7 @@ async fn membership_new_node_becomes_a_voter() {
                     .state
                     .cluster
                     .replica(*group)
-                    .is_some_and(|replica| {
-                        replica
-                            .raft
-                            .metrics()
-                            .borrow()
-                            .membership_config
-                            .membership()
-                            .voter_ids()
-                            .any(|voter| voter == newcomer)
-                    })
+                    .is_some_and(|replica| replica.voter_ids().contains(&newcomer))
             })
         })
     })
@@ -1304,16 +1307,20 @@ async fn disk_a_follower_under_its_reserve_holds_back_writes_to_its_groups() {
                 .await
         }
     };
-    let mut refusal = None;
     // The first heartbeat answers carry the report.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while refusal.is_none() && tokio::time::Instant::now() < deadline {
-        match propose(leader).await {
-            Err(Failure::Refused(message)) => refusal = Some(message),
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    let refusal = refusal.expect("the leader refuses writes while a voter is under its reserve");
+    let refusal = wait_for_some(
+        "the leader to refuse writes while a voter is under its reserve",
+        || {
+            let attempt = propose(leader);
+            async move {
+                match attempt.await {
+                    Err(Failure::Refused(message)) => Some(message),
+                    _ => None,
+                }
+            }
+        },
+    )
+    .await;
     assert!(
         refusal.contains(&format!("group {group}: node {full_id}'s data directory"))
             && refusal.contains("under its reserve"),
@@ -1326,18 +1333,11 @@ async fn disk_a_follower_under_its_reserve_holds_back_writes_to_its_groups() {
     for other in &nodes[..2] {
         other.state.cluster.faults.isolate(full_id);
     }
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let mut written = false;
-    while !written && tokio::time::Instant::now() < deadline {
-        match leader_excluding(&nodes[..2], group, Some(full_id)) {
-            Some(leader) => written = propose(leader).await.is_ok(),
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-        if !written {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    assert!(written, "writes resume once the full node's report is stale");
+    wait_for_some("writes to resume once the full node's report is stale", || {
+        let attempt = leader_excluding(&nodes[..2], group, Some(full_id)).map(propose);
+        async move { attempt?.await.ok() }
+    })
+    .await;
     heal_all(&nodes);
     stop_all(nodes).await;
 }
