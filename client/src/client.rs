@@ -113,8 +113,8 @@ pub fn is_retryable(code: tonic::Code) -> bool {
 }
 
 /// True when the node refused the request for a while rather than for a moment (it says so with
-/// [`kiln_proto::REFUSED_FOR_NOW_METADATA`]; a group leader short of disk space does): retrying at
-/// once cannot help, so the client answers at the first refusal.
+/// [`kiln_proto::REFUSED_FOR_NOW_METADATA`]; a group with a node short of disk space does): retrying
+/// at once cannot help, so the client answers at the first refusal.
 pub fn is_refused_for_now(status: &tonic::Status) -> bool {
     status
         .metadata()

@@ -30,8 +30,8 @@ pub enum NodeError {
     /// unreachable replicas, a query part that timed out. Retrying may succeed.
     #[error("{0}")]
     Unavailable(String),
-    /// The request is refused for a while, not for a moment: the leader of a group has less free
-    /// disk space than its reserve. Clients should not retry at once (see
+    /// The request is refused for a while, not for a moment: a node of the group (its leader, or a
+    /// voter that reported it) has less free disk space than its reserve. Clients should not retry at once (see
     /// [`kiln_proto::REFUSED_FOR_NOW_METADATA`]); a spool retries later.
     #[error("{0}")]
     RefusedForNow(String),

@@ -4,7 +4,7 @@
 //! - [`pprof`]: the `perftools.profiles` profile format.
 
 /// gRPC metadata a node adds to an `UNAVAILABLE` status when it refuses a request for a while (a
-/// group leader whose disk is under its reserve): retrying at once cannot help, so clients give up
+/// node of the group, leader or follower, whose disk is under its reserve): retrying at once cannot help, so clients give up
 /// at the first answer and leave later retries to their caller (the agent's spool, a user).
 pub const REFUSED_FOR_NOW_METADATA: &str = "kiln-refused-for-now";
 
