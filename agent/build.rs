@@ -1,5 +1,5 @@
 //! Compiles the BPF programs in `bpf/*.bpf.c` with clang (`-target bpf -O2 -g`, BTF map definitions) into
-//! `$OUT_DIR`, from where `src/bpf.rs` embeds them with `include_bytes!`.
+//! `$OUT_DIR`, from where `src/bpf/mod.rs` embeds them with `include_bytes!`.
 //!
 //! Headers: `<linux/bpf.h>` etc. from linux-libc-dev and `<bpf/bpf_helpers.h>` from libbpf-dev; no
 //! vmlinux.h is needed because the programs use only UAPI types.
