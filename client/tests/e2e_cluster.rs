@@ -153,6 +153,93 @@ fn kill9_of_a_group_leader_loses_no_acknowledged_write_and_doubles_none() {
     assert_exactly_once(&runtime, &cluster, &acknowledged);
 }
 
+/// A follower under its disk reserve appends whatever its leader sends until its disk is full, and
+/// then openraft stops its replica. So a leader refuses writes while a voter of its group reports
+/// its disk under the reserve (in its raft answers), naming that node, and accepts them again once
+/// that node has stopped reporting: here, once it is dead and its last report is stale. The
+/// cluster status says which node is short, and placement gives it no new replica.
+#[test]
+fn a_follower_under_its_disk_reserve_holds_back_writes_until_it_is_gone() {
+    let mut cluster = TestCluster::start(3, &[]);
+    // Restarted with a reserve no disk meets, as if its disk had filled: it rejoins its groups
+    // (which hold a replica on every node) from its data directory, under its reserve.
+    let short = 2;
+    let short_id = cluster.nodes[short].id;
+    cluster.nodes[short].stop();
+    cluster.nodes[short].restart_with(&["--min-free-disk-bytes", "999999999999999"]);
+    let status = cluster.wait_until(
+        "the status to name the short node",
+        Duration::from_secs(60),
+        |status| {
+            status
+                .nodes
+                .iter()
+                .any(|node| node.id == short_id && node.disk_refusal.is_some())
+        },
+    );
+    let other_refusals = status
+        .nodes
+        .iter()
+        .filter(|node| node.id != short_id && node.disk_refusal.is_some())
+        .count();
+    assert_eq!(other_refusals, 0, "{status:#?}");
+    let table = cluster.nodes[0].kiln_ok(&["cluster", "status"]);
+    assert!(table.contains("under reserve"), "{table}");
+    let cpu = testdata().join("pprof/go/cpu.pb.gz");
+    let cpu = cpu.to_str().expect("utf-8");
+
+    // Through a node with room: every group has a replica on the short node, so every write is
+    // refused by its group's leader, wherever that is.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refusal = loop {
+        let output = cluster.nodes[0].kiln(&["ingest", cpu, "--label", "phase=probe"]);
+        if !output.status.success() {
+            break String::from_utf8_lossy(&output.stderr).to_string();
+        }
+        // Reports arrive with the first heartbeat answers after an election.
+        assert!(
+            Instant::now() < deadline,
+            "no write was refused for node {short_id}'s disk"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        refusal.contains(&format!("node {short_id}'s data directory")),
+        "{refusal}"
+    );
+    assert!(refusal.contains("--min-free-disk-bytes"), "{refusal}");
+    // Refused for now, not failed: the CLI does not retry what a retry cannot fix.
+    assert!(!refusal.contains("gave up after"), "{refusal}");
+    let refused = cluster.nodes[1].kiln(&["ingest", cpu, "--label", "phase=refused"]);
+    assert!(
+        !refused.status.success(),
+        "a write was accepted while node {short_id} is short"
+    );
+
+    // The short node dies: the other two are a quorum of every group, and the dead node's last
+    // report goes stale, so writes are accepted again.
+    cluster.nodes[short].kill9();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let output = cluster.nodes[0].kiln(&["ingest", cpu, "--label", "phase=after"]);
+        if output.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes stayed refused after node {short_id} died: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let series = cluster.nodes[1].kiln_ok(&["series", "--from", "0"]);
+    assert!(series.contains("phase=\"after\""), "{series}");
+    assert!(
+        !series.contains("phase=\"refused\""),
+        "a refused write was stored: {series}"
+    );
+}
+
 #[test]
 fn sigstopped_leader_loses_nothing_and_acknowledges_nothing_stale() {
     let cluster = TestCluster::start(3, &[]);

@@ -1068,6 +1068,9 @@ pub struct ClusterNode {
     pub reachable: bool,
     /// Milliseconds since it last answered (0 when reachable).
     pub last_seen_ms_ago: u64,
+    /// Why its data directory refuses writes (free space under its reserve); `null` when it has
+    /// room. Such a node is given no new replica.
+    pub disk_refusal: Option<String>,
 }
 
 /// One replica in a cluster status answer.
@@ -1142,6 +1145,7 @@ impl From<&proto::ClusterStatus> for ClusterStatusResult {
                     state: node.state.clone(),
                     reachable: node.reachable,
                     last_seen_ms_ago: node.last_seen_ms_ago,
+                    disk_refusal: (!node.disk_refusal.is_empty()).then(|| node.disk_refusal.clone()),
                 })
                 .collect(),
             groups: status

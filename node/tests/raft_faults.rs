@@ -1280,15 +1280,66 @@ async fn health_a_node_shutting_down_is_not_ready_and_still_live() {
 /// its replica, leaving the group without a spare. Followers now report it in their append answers
 /// and the leader refuses writes naming them; a follower that stops answering holds nothing back
 /// once its last report is older than `DISK_REPORT_MAX_AGE`.
+/// A node under its disk reserve keeps the replicas it has, but the metadata leader places no new
+/// one on it: a new replica would fill its disk (a snapshot, then every append) until openraft
+/// stopped it. Here it is the idlest node, lowest id first, so without the rule it would get the
+/// first replica moved for balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disk_a_node_under_its_reserve_is_given_no_new_replica() {
+    let mut nodes = start_cluster(3).await;
+    let seed = nodes[0].state.cluster.config().advertise_address.clone();
+    // No file system has this much free: this node is under its reserve from its first measurement.
+    nodes.push(start_node_reserving(Some(seed.clone()), Duration::from_secs(3), Some(u64::MAX)).await);
+    nodes.push(start_node(Some(seed)).await);
+    let (short_id, roomy_id) = (nodes[3].id(), nodes[4].id());
+    assert!(
+        short_id < roomy_id,
+        "ties go to the lowest id: the short node comes first"
+    );
+    let holds_data_replica = |status: &api::ClusterStatus, id: NodeId| {
+        status
+            .groups
+            .iter()
+            .filter(|group| !group.is_metadata)
+            .any(|group| {
+                group.raft_voters.contains(&id) || group.replicas.iter().any(|replica| replica.node_id == id)
+            })
+    };
+    // Two data groups of three replicas over three nodes, then two empty nodes: one replica
+    // moves for balance, to the node with room.
+    let status = wait_for_some("a data replica moved to the node with room", || {
+        let cluster = nodes[0].state.cluster.clone();
+        async move {
+            let status = cluster.status().await;
+            holds_data_replica(&status, roomy_id).then_some(status)
+        }
+    })
+    .await;
+    assert!(
+        !holds_data_replica(&status, short_id),
+        "node {short_id}, under its reserve, got a replica: {status:#?}"
+    );
+    wait_replicated(&nodes, 3).await;
+    let status = nodes[0].state.cluster.status().await;
+    assert!(
+        !holds_data_replica(&status, short_id),
+        "node {short_id}, under its reserve, got a replica: {status:#?}"
+    );
+    for group in 1..=2 {
+        assert!(
+            nodes[3].state.cluster.replica(group).is_none(),
+            "node {short_id} hosts group {group}"
+        );
+    }
+    stop_all(nodes).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disk_a_follower_under_its_reserve_holds_back_writes_to_its_groups() {
-    let first = start_node(None).await;
-    let seed = first.state.cluster.config().advertise_address.clone();
-    let second = start_node(Some(seed.clone())).await;
-    // No file system has this much free: the third node is always under its reserve.
-    let full = start_node_reserving(Some(seed), Duration::from_secs(3), Some(u64::MAX)).await;
-    let nodes = vec![first, second, full];
-    wait_replicated(&nodes, 3).await;
+    let nodes = start_cluster(3).await;
+    // No file system has this much free: from now on the third node is under its reserve, as if
+    // its disk had filled after its replicas were placed.
+    nodes[2].state.storage.disk().set_reserve_bytes(u64::MAX);
     let full_id = nodes[2].id();
     let mut led_elsewhere = None;
     wait_for("a data group led by a node with room", || {

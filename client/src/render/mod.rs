@@ -594,7 +594,16 @@ pub fn render_cluster_status(status: &proto::ClusterStatus) -> String {
     nodes
         .load_preset(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
-        .set_header(["NODE", "ADDRESS", "REGION", "ZONE", "STATE", "REACHABLE", "LEADS"]);
+        .set_header([
+            "NODE",
+            "ADDRESS",
+            "REGION",
+            "ZONE",
+            "STATE",
+            "REACHABLE",
+            "DISK",
+            "LEADS",
+        ]);
     for node in &status.nodes {
         let leads = status
             .groups
@@ -615,6 +624,12 @@ pub fn render_cluster_status(status: &proto::ClusterStatus) -> String {
             node.zone.clone(),
             node.state.clone(),
             reachable,
+            // The whole message is in `--output json`; it names the directory and the sizes.
+            if node.disk_refusal.is_empty() {
+                "ok".to_string()
+            } else {
+                "under reserve".to_string()
+            },
             leads.to_string(),
         ]);
     }

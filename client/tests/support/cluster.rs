@@ -98,6 +98,12 @@ impl ClusterNode {
         self.spawn();
     }
 
+    /// [`Self::restart`] with `more` flags after the node's own (a later flag wins).
+    pub fn restart_with(&mut self, more: &[&str]) {
+        self.flags.extend(more.iter().map(|flag| flag.to_string()));
+        self.restart();
+    }
+
     /// Runs the `kiln` CLI against this node.
     pub fn kiln(&self, args: &[&str]) -> Output {
         run_kiln(&self.address, args)

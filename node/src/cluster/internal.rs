@@ -139,6 +139,9 @@ pub struct ProbeReport {
     pub node: NodeId,
     /// Its replicas.
     pub groups: Vec<GroupReport>,
+    /// Why its data directory refuses writes (under `--min-free-disk-bytes`), if it does: the
+    /// metadata leader places no new replica on it meanwhile.
+    pub disk_refusal: Option<String>,
 }
 
 /// A query one group answers; the API requests travel prost-encoded.

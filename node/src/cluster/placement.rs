@@ -13,6 +13,10 @@
 //! 5. when the group is complete but an eligible node outside it holds at least two
 //!    replicas fewer than the most loaded member, one replica moves there (one per
 //!    call, so that a new node fills up group by group, never all at once).
+//!
+//! A node that does not take new replicas (its disk is under its reserve) keeps the
+//! replicas it holds but gets none it does not hold, by rules 3 and 5 alike; a group
+//! that could only be completed on such a node stays short instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,6 +31,10 @@ pub struct Candidate {
     pub region: String,
     /// Zone label.
     pub zone: String,
+    /// Whether the node may be given a replica it does not hold yet. False while its disk is
+    /// under its reserve: a new replica would fill it (a snapshot, then every append) until
+    /// openraft stopped that replica.
+    pub takes_new_replicas: bool,
 }
 
 /// The voters a group should have. `load` counts the replicas each node holds now.
@@ -36,7 +44,11 @@ pub fn desired_replicas(
     target: usize,
     load: &BTreeMap<NodeId, usize>,
 ) -> BTreeSet<NodeId> {
-    let target = target.min(eligible.len());
+    let placeable = eligible
+        .iter()
+        .filter(|candidate| candidate.takes_new_replicas || current.contains(&candidate.id))
+        .count();
+    let target = target.min(placeable);
     let by_id: BTreeMap<NodeId, &Candidate> = eligible.iter().map(|node| (node.id, node)).collect();
     let mut chosen: Vec<&Candidate> = current.iter().filter_map(|id| by_id.get(id).copied()).collect();
     // Too many eligible voters: drop from the most crowded zone, most loaded node.
@@ -63,6 +75,7 @@ pub fn desired_replicas(
             .collect();
         let next = eligible
             .iter()
+            .filter(|candidate| candidate.takes_new_replicas)
             .filter(|candidate| !chosen.iter().any(|node| node.id == candidate.id))
             .min_by_key(|candidate| {
                 (
@@ -82,6 +95,7 @@ pub fn desired_replicas(
         let busiest = (0..chosen.len()).max_by_key(|index| (load_of(chosen[*index]), chosen[*index].id));
         let idlest = eligible
             .iter()
+            .filter(|candidate| candidate.takes_new_replicas)
             .filter(|candidate| !chosen.iter().any(|node| node.id == candidate.id))
             .min_by_key(|candidate| (load_of(candidate), candidate.id));
         if let (Some(busiest), Some(idlest)) = (busiest, idlest) {
@@ -106,7 +120,49 @@ mod tests {
             id,
             region: "r".into(),
             zone: zone.into(),
+            takes_new_replicas: true,
         }
+    }
+
+    fn short_of_disk(id: NodeId, zone: &str) -> Candidate {
+        Candidate {
+            takes_new_replicas: false,
+            ..node(id, zone)
+        }
+    }
+
+    #[test]
+    fn a_node_short_of_disk_keeps_its_replicas_and_gets_no_new_one() {
+        // Node 4 is the idlest and in a new zone, the first choice for a replacement or a move.
+        let eligible = [
+            node(1, "a"),
+            node(2, "b"),
+            node(3, "c"),
+            short_of_disk(4, "d"),
+            node(5, "a"),
+        ];
+        let load: BTreeMap<NodeId, usize> = [(1, 4), (2, 4), (3, 4), (4, 0), (5, 4)].into();
+        assert_eq!(
+            desired_replicas(&[1, 2].into(), &eligible, 3, &load),
+            [1, 2, 3].into(),
+            "a replacement goes elsewhere"
+        );
+        assert_eq!(
+            desired_replicas(&[1, 2, 3].into(), &eligible, 3, &load),
+            [1, 2, 3].into(),
+            "no replica moves to it for balance"
+        );
+        assert_eq!(
+            desired_replicas(&[1, 2, 4].into(), &eligible, 3, &load),
+            [1, 2, 4].into(),
+            "the replica it holds stays"
+        );
+        // Only it could complete the group: the group stays short.
+        let few = [node(1, "a"), node(2, "b"), short_of_disk(4, "d")];
+        assert_eq!(
+            desired_replicas(&[1, 2].into(), &few, 3, &BTreeMap::new()),
+            [1, 2].into()
+        );
     }
 
     #[test]
@@ -168,18 +224,32 @@ mod tests {
         #[test]
         fn always_distinct_eligible_and_sized(
             current in proptest::collection::btree_set(1u64..10, 0..6),
-            zones in proptest::collection::vec(0u8..3, 1..9),
+            nodes in proptest::collection::vec((0u8..3, proptest::bool::weighted(0.8)), 1..9),
             target in 1usize..6,
         ) {
-            let eligible: Vec<Candidate> = zones
+            let eligible: Vec<Candidate> = nodes
                 .iter()
                 .enumerate()
-                .map(|(index, zone)| node(index as NodeId + 1, &zone.to_string()))
+                .map(|(index, (zone, takes_new_replicas))| Candidate {
+                    takes_new_replicas: *takes_new_replicas,
+                    ..node(index as NodeId + 1, &zone.to_string())
+                })
                 .collect();
             let desired = desired_replicas(&current, &eligible, target, &BTreeMap::new());
-            prop_assert_eq!(desired.len(), target.min(eligible.len()));
+            let placeable = eligible
+                .iter()
+                .filter(|node| node.takes_new_replicas || current.contains(&node.id))
+                .count();
+            prop_assert_eq!(desired.len(), target.min(placeable));
             for id in &desired {
-                prop_assert!(eligible.iter().any(|node| node.id == *id));
+                let Some(candidate) = eligible.iter().find(|node| node.id == *id) else {
+                    return Err(TestCaseError::fail(format!("{id} is not eligible")));
+                };
+                prop_assert!(
+                    candidate.takes_new_replicas || current.contains(id),
+                    "a new replica on node {} which takes none",
+                    id
+                );
             }
             // Still-eligible current voters are kept when the target allows it,
             // except at most one moved for balance.

@@ -247,7 +247,27 @@ impl Cluster {
             }
         }
         // Eligible: up, and reachable within the dead-node timeout. A node that is
-        // merely slow to answer one probe keeps its replicas.
+        // merely slow to answer one probe keeps its replicas. One whose last report says its
+        // disk is under its reserve gets no new replica.
+        let short_of_disk: BTreeSet<NodeId> = {
+            let health = self.health.lock();
+            alive
+                .iter()
+                .filter(|node| {
+                    health
+                        .get(node)
+                        .and_then(|entry| entry.report.as_ref())
+                        .is_some_and(|report| report.disk_refusal.is_some())
+                })
+                .copied()
+                .collect()
+        };
+        if !short_of_disk.is_empty() {
+            tracing::debug!(
+                ?short_of_disk,
+                "nodes under their disk reserve get no new replica"
+            );
+        }
         let eligible: Vec<Candidate> = map
             .up_nodes()
             .filter(|node| alive.contains(&node.id))
@@ -255,6 +275,7 @@ impl Cluster {
                 id: node.id,
                 region: node.region.clone(),
                 zone: node.zone.clone(),
+                takes_new_replicas: !short_of_disk.contains(&node.id),
             })
             .collect();
         if eligible.is_empty() {

@@ -8,6 +8,8 @@
 //! still go through, and writes resume by themselves once space is freed. A node under its reserve
 //! also says so in its answers to raft appends, and the leaders of its groups refuse writes too
 //! (`raft::network::PeerDiskReports`): otherwise its replicas, as followers, would fill its disk.
+//! It says so in its probe answers too, and the metadata leader places no new replica on it
+//! (`cluster::placement`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +33,8 @@ fn available_bytes(path: &Path) -> std::io::Result<u64> {
 #[derive(Debug)]
 pub struct DiskReserve {
     path: PathBuf,
-    reserve_bytes: u64,
+    /// Changed only by [`Self::set_reserve_bytes`].
+    reserve_bytes: AtomicU64,
     /// `u64::MAX` until the first successful measurement: an unmeasurable file system admits writes.
     available_bytes: AtomicU64,
 }
@@ -44,7 +47,7 @@ impl DiskReserve {
     pub fn new(path: &Path, reserve_bytes: u64) -> DiskReserve {
         let reserve = DiskReserve {
             path: path.to_path_buf(),
-            reserve_bytes,
+            reserve_bytes: AtomicU64::new(reserve_bytes),
             available_bytes: AtomicU64::new(u64::MAX),
         };
         if let Err(error) = reserve.refresh() {
@@ -65,11 +68,19 @@ impl DiskReserve {
         self.available_bytes.load(Ordering::Relaxed)
     }
 
+    /// Sets the reserve to `reserve_bytes`; [`Self::admit_write`] compares the last measurement
+    /// with it from now on. Why: the cluster tests put a node under its reserve after its replicas
+    /// are placed, as a disk that fills up would.
+    pub fn set_reserve_bytes(&self, reserve_bytes: u64) {
+        self.reserve_bytes.store(reserve_bytes, Ordering::Relaxed);
+    }
+
     /// `Err` with a message for the client while the last measurement is under the reserve. The message
     /// starts with "data directory": the caller says whose.
     pub fn admit_write(&self) -> Result<(), String> {
         let available = self.available_bytes();
-        if available >= self.reserve_bytes {
+        let reserve_bytes = self.reserve_bytes.load(Ordering::Relaxed);
+        if available >= reserve_bytes {
             return Ok(());
         }
         Err(format!(
@@ -78,7 +89,7 @@ impl DiskReserve {
              space at the next retention pass)",
             self.path.display(),
             human_bytes(available),
-            human_bytes(self.reserve_bytes),
+            human_bytes(reserve_bytes),
         ))
     }
 }
