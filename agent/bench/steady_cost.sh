@@ -11,7 +11,7 @@
 # For each configuration, in each round: start the profiler in a cgroup v1 cpuacct group, wait the
 # warm-up, then measure its CPU time (every thread, in nanoseconds) over WINDOWS windows of SECONDS
 # each. Configurations:
-#   agent        the release kiln-agent at HZ (fp unwinder)
+#   agent        the release kiln-agent at HZ (fp unwinder; KILN_STEADY_COST_UNWINDER=dwarf for DWARF)
 #   agent=PATH   another kiln-agent binary (for comparing two builds in one run)
 #   perf         perf record -F HZ -a -g (writes perf.data; nothing symbolized)
 # Needs root, cgroup v1 cpuacct at /sys/fs/cgroup/cpuacct, perf, python3, and the release builds.
@@ -29,6 +29,7 @@ bench_arguments "${1:-2}" "${2:-30}" "${3:-45}"
 WINDOWS=${KILN_STEADY_COST_WINDOWS:-3}
 HZ=${HZ:-19}
 CONFIGS=${KILN_STEADY_COST_CONFIGS:-"agent perf"}
+UNWINDER=${KILN_STEADY_COST_UNWINDER:-fp}
 bench_start "cargo build --release -p kiln-agent -p kiln-node"
 
 PROFILER_CG=$(cpuacct_create "kiln-steady-profiler-$$")
@@ -74,7 +75,7 @@ run_config() {
             [ "$config" = agent ] || binary=${config#agent=}
             rm -rf "$WORK/spool"
             cpuacct_start "$PROFILER_CG" env KILN_LOG=warn "$binary" --server "$NODE" --metrics-listen "" --spool-dir "$WORK/spool" \
-                --frequency-hz "$HZ" --unwinder fp > /dev/null 2> "$WORK/profiler.err"
+                --frequency-hz "$HZ" --unwinder "$UNWINDER" > /dev/null 2> "$WORK/profiler.err"
             pid=$! ;;
         *) echo "unknown configuration $config" >&2; exit 1 ;;
     esac
@@ -116,7 +117,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 echo
-echo "steady state at $HZ Hz, $ROUNDS rounds x $WINDOWS windows of ${SECONDS_PER_RUN} s after ${WARMUP} s, $CPUS CPUs"
+echo "steady state at $HZ Hz, agents with --unwinder $UNWINDER, $ROUNDS rounds x $WINDOWS windows of ${SECONDS_PER_RUN} s after ${WARMUP} s, $CPUS CPUs"
 printf '%-40s %12s %12s %12s %14s\n' configuration "mean %" "min %" "max %" "peak RSS MiB"
 for config in $CONFIGS; do
     read -r mean min max <<< "$(tr ' ' '\n' <<< "${SHARES[$config]}" | awk 'NF {

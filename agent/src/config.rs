@@ -113,8 +113,9 @@ pub struct ProfilerConfig {
     pub unwinder: UnwinderMode,
     /// Bytes of user stack the BPF program copies per sample for DWARF unwinding (1024..=32768).
     pub stack_copy_bytes: u32,
-    /// Size of the ring buffer carrying DWARF-mode samples to user space (power of two, >= 64 KiB).
-    pub ring_buffer_bytes: u32,
+    /// Size of the ring buffer carrying DWARF-mode samples to user space (power of two, >= 64 KiB);
+    /// unset: about a second of samples on this host (`bpf::auto_ring_buffer_bytes`).
+    pub ring_buffer_bytes: Option<u32>,
     /// Budget for unwind tables kept in memory; least recently used files are dropped beyond it.
     pub unwind_table_max_bytes: u64,
     /// Budget for symbol files kept parsed across cycles (files with new addresses cycle after cycle);
@@ -157,7 +158,7 @@ impl Default for ProfilerConfig {
             proc_root: PathBuf::from("/proc"),
             unwinder: UnwinderMode::Dwarf,
             stack_copy_bytes: 16384,
-            ring_buffer_bytes: 4 * 1024 * 1024,
+            ring_buffer_bytes: None,
             unwind_table_max_bytes: crate::unwind::DEFAULT_MAX_TABLE_BYTES as u64,
             symbol_files_max_bytes: crate::symbolize::DEFAULT_KEPT_FILES_MAX_BYTES,
         }
@@ -338,10 +339,13 @@ impl Config {
                 profiler.stack_copy_bytes
             )));
         }
-        if profiler.ring_buffer_bytes < 64 * 1024 || !profiler.ring_buffer_bytes.is_power_of_two() {
+        if let Some(bytes) = profiler
+            .ring_buffer_bytes
+            .filter(|bytes| *bytes < 64 * 1024 || !bytes.is_power_of_two())
+        {
             return Err(ConfigError::Invalid(format!(
                 "profiler.ring_buffer_bytes must be a power of two of at least 65536, got {}",
-                profiler.ring_buffer_bytes
+                bytes
             )));
         }
         for name in self.labels.keys() {

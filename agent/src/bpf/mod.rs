@@ -273,8 +273,32 @@ pub struct SamplerOptions {
     /// User stack bytes copied per sample for DWARF unwinding (at most [`MAX_STACK_COPY_BYTES`]);
     /// 0 keeps frame-pointer stacks only (no ring buffer traffic).
     pub stack_copy_bytes: u32,
-    /// Size of the stack event ring buffer in bytes (rounded up to a power of two, at least 64 KiB).
-    pub ring_buffer_bytes: u32,
+    /// Size of the stack event ring buffer in bytes (rounded up to a power of two, at least 64 KiB);
+    /// `None` sizes it for this host ([`auto_ring_buffer_bytes`]).
+    pub ring_buffer_bytes: Option<u32>,
+}
+
+/// Smallest and largest ring [`auto_ring_buffer_bytes`] chooses.
+const AUTO_RING_MIN_BYTES: u64 = 256 * 1024;
+const AUTO_RING_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The stack event ring's size when the configuration does not give one: about a second of events
+/// from every online CPU at the sampling frequency, as a power of two from 256 KiB to 4 MiB. The
+/// profiler thread empties the ring every 50 ms, but a cycle that parses a large symbol file keeps
+/// it busy for a few hundred; a full ring sends samples to their frame-pointer stacks (counted).
+/// Why not always the largest: the kernel maps the ring's data pages twice, so a 4 MiB ring is 8 MB
+/// of the agent's RSS, where 2 CPUs at 19 Hz with 16 KiB copies send about 0.6 MB a second.
+pub fn auto_ring_buffer_bytes(online_cpus: usize, frequency_hz: u64, stack_copy_bytes: u32) -> u32 {
+    // Each record: the event header, the copied stack, and the ring's own 8-byte record header.
+    let event_bytes = u64::from(stack_copy_bytes) + STACK_EVENT_HEADER_SIZE as u64 + 8;
+    let per_second = (online_cpus as u64)
+        .saturating_mul(frequency_hz)
+        .saturating_mul(event_bytes);
+    let bytes = per_second
+        .clamp(AUTO_RING_MIN_BYTES, AUTO_RING_MAX_BYTES)
+        .next_power_of_two();
+    debug_assert!(bytes <= AUTO_RING_MAX_BYTES);
+    bytes as u32
 }
 
 /// The loaded, attached sampler. Dropping it detaches the programs and frees the maps.
@@ -386,8 +410,16 @@ impl Sampler {
         } else {
             0
         };
+        let online =
+            aya::util::online_cpus().map_err(|(what, error)| unavailable(format!("{what}: {error}")))?;
         let ring_buffer_bytes = if stack_copy_bytes > 0 {
-            options.ring_buffer_bytes.max(64 * 1024).next_power_of_two()
+            options
+                .ring_buffer_bytes
+                .unwrap_or_else(|| {
+                    auto_ring_buffer_bytes(online.len(), options.frequency_hz.max(1), stack_copy_bytes)
+                })
+                .max(64 * 1024)
+                .next_power_of_two()
         } else {
             // The smallest ring the kernel accepts (a power of two, whole pages): the map must exist,
             // the program refers to it.
@@ -408,9 +440,7 @@ impl Sampler {
             .try_into()
             .map_err(unavailable)?;
         program.load().map_err(unavailable)?;
-        let cpus =
-            aya::util::online_cpus().map_err(|(what, error)| unavailable(format!("{what}: {error}")))?;
-        for cpu in &cpus {
+        for cpu in &online {
             program
                 .attach(
                     PerfTypeId::Software,
@@ -902,7 +932,7 @@ mod tests {
             max_keys,
             max_stacks: 4096,
             stack_copy_bytes: 0,
-            ring_buffer_bytes: 0,
+            ring_buffer_bytes: None,
         })
         .expect("BPF loads as root")
     }
@@ -1043,6 +1073,16 @@ mod tests {
         assert!(generations_checked >= 2, "samples kept being lost");
     }
 
+    #[test]
+    fn the_ring_holds_about_a_second_of_events_between_256_kib_and_4_mib() {
+        const KIB: u32 = 1024;
+        // 2 CPUs x 19 Hz x (16 KiB + headers) = 0.62 MB a second.
+        assert_eq!(auto_ring_buffer_bytes(2, 19, 16 * KIB), 1024 * KIB);
+        assert_eq!(auto_ring_buffer_bytes(2, 99, 16 * KIB), 4096 * KIB);
+        assert_eq!(auto_ring_buffer_bytes(1, 1, 1024), 256 * KIB);
+        assert_eq!(auto_ring_buffer_bytes(512, 999, 32 * KIB), 4096 * KIB);
+    }
+
     /// Regression: in frame-pointer mode the stack event ring, which only DWARF mode writes, was
     /// created at its full 4 MiB and mapped, and its data pages, mapped twice, counted 8 MB of RSS.
     #[test]
@@ -1055,7 +1095,7 @@ mod tests {
             max_keys: 1024,
             max_stacks: 1024,
             stack_copy_bytes,
-            ring_buffer_bytes: 4 * 1024 * 1024,
+            ring_buffer_bytes: Some(4 * 1024 * 1024),
         };
         let mut sampler = Sampler::start(options(0)).expect("BPF loads as root");
         assert!(!sampler.dwarf_mode());
