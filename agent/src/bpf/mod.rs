@@ -169,16 +169,8 @@ impl<'a> StackEvent<'a> {
     /// Parses a ring buffer record; `None` when it is shorter than its header says (never expected:
     /// the layout is shared with the C program).
     pub fn parse(record: &'a [u8]) -> Option<StackEvent<'a>> {
-        let u32_at = |offset: usize| -> Option<u32> {
-            Some(u32::from_ne_bytes(
-                record.get(offset..offset + 4)?.try_into().ok()?,
-            ))
-        };
-        let u64_at = |offset: usize| -> Option<u64> {
-            Some(u64::from_ne_bytes(
-                record.get(offset..offset + 8)?.try_into().ok()?,
-            ))
-        };
+        let u32_at = |offset: usize| map_ops::u32_at(record, offset);
+        let u64_at = |offset: usize| map_ops::u64_at(record, offset);
         let stack_len = u32_at(40)? as usize;
         let stack = record.get(STACK_EVENT_HEADER_SIZE..STACK_EVENT_HEADER_SIZE.checked_add(stack_len)?)?;
         Some(StackEvent {
@@ -542,12 +534,8 @@ impl Sampler {
             match StackEvent::parse(&record) {
                 Some(event) => {
                     self.events_consumed[event.generation as usize] += 1;
-                    let named = &mut self.event_stack_ids[event.generation as usize];
-                    for id in [event.user_stack_id, event.kernel_stack_id] {
-                        if let Ok(id) = u32::try_from(id) {
-                            named.insert(id);
-                        }
-                    }
+                    self.event_stack_ids[event.generation as usize]
+                        .extend(stored_stack_ids(event.user_stack_id, event.kernel_stack_id));
                     on_event(&event);
                 }
                 None => {
@@ -679,11 +667,7 @@ impl Sampler {
         // stack is named by one of them unless its sample was lost (then `sweep`).
         let mut ids = std::mem::take(&mut self.event_stack_ids[old as usize]);
         for (key, _) in &entries {
-            for id in [key.user_stack_id, key.kernel_stack_id] {
-                if let Ok(id) = u32::try_from(id) {
-                    ids.insert(id);
-                }
-            }
+            ids.extend(stored_stack_ids(key.user_stack_id, key.kernel_stack_id));
         }
         if sweep {
             ids.extend(self.stacks[old as usize].stack_ids().filter_map(Result::ok));
@@ -712,17 +696,7 @@ impl Sampler {
 
     /// The program's count of samples lost because the counts map was full.
     fn lost_count(&self) -> Result<u64, BpfError> {
-        if self.raw.stats_batch {
-            return Ok(self.stat_totals()?.get(STAT_LOST).copied().unwrap_or(0));
-        }
-        let values = self
-            .stats
-            .get(&(STAT_LOST as u32), 0)
-            .map_err(|error| BpfError::Map {
-                map: "stats",
-                detail: error.to_string(),
-            })?;
-        Ok(values.iter().sum())
+        Ok(self.stat_totals()?.get(STAT_LOST).copied().unwrap_or(0))
     }
 
     /// Reads and empties the counts map of `generation`, which no program writes any more: one
@@ -885,6 +859,14 @@ fn poll_until_deadline(mut done: impl FnMut() -> Result<bool, BpfError>) -> Resu
 /// The frames of stack `id` in a drained stack map; empty for markers and unknown ids.
 pub fn resolve_stack(stacks: &StdHashMap<i32, Vec<u64>>, id: i32) -> Vec<u64> {
     stacks.get(&id).cloned().unwrap_or_default()
+}
+
+/// The ids among a sample's user and kernel stack ids that name a stored stack (the negative
+/// markers name none).
+fn stored_stack_ids(user_stack_id: i32, kernel_stack_id: i32) -> impl Iterator<Item = u32> {
+    [user_stack_id, kernel_stack_id]
+        .into_iter()
+        .filter_map(|id| u32::try_from(id).ok())
 }
 
 /// True for the marker ids that mean "the stack was lost" (collision, map full).
