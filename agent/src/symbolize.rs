@@ -1110,8 +1110,8 @@ mod tests {
 
     /// Writes an x86-64 ELF file to `path`: `text_bytes` of code, one symbol, and a `.debug_info`
     /// section that says it inflates to `inflated_debug_bytes` when that is not 0 (the compressed
-    /// payload itself is not valid zlib: only the section headers are read).
-    fn write_elf(path: &std::path::Path, text_bytes: usize, inflated_debug_bytes: u64) {
+    /// payload itself is not valid zlib: only the section headers are read). Returns its size.
+    fn write_elf(path: &std::path::Path, text_bytes: usize, inflated_debug_bytes: u64) -> u64 {
         use object::write::{Object as WriteObject, Symbol, SymbolSection};
         use object::{Architecture, BinaryFormat, Endianness, SectionFlags, SectionKind, SymbolFlags};
         let mut elf = WriteObject::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
@@ -1142,7 +1142,8 @@ mod tests {
             };
         }
         let bytes = elf.write().expect("an ELF file can be written");
-        std::fs::write(path, bytes).expect("write the ELF file");
+        std::fs::write(path, &bytes).expect("write the ELF file");
+        bytes.len() as u64
     }
 
     /// Regression: a program without DWARF (a stripped `perf`, 9 MB) was guessed at four times its
@@ -1153,8 +1154,7 @@ mod tests {
     fn a_first_parse_of_a_program_without_dwarf_is_guessed_from_its_symbol_tables() {
         let dir = tempfile::tempdir().expect("temp dir");
         let program = dir.path().join("stripped");
-        write_elf(&program, 8 << 20, 0);
-        let file_bytes = std::fs::metadata(&program).expect("stat").len();
+        let file_bytes = write_elf(&program, 8 << 20, 0);
         assert!(file_bytes * UNKNOWN_FILE_FACTOR > DEFAULT_KEPT_FILES_MAX_BYTES);
         assert_eq!(
             first_parse_guess(&program, "", file_bytes, true),
@@ -1167,8 +1167,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let program = dir.path().join("with-dwarf");
         let inflated = 40 << 20;
-        write_elf(&program, 4096, inflated);
-        let file_bytes = std::fs::metadata(&program).expect("stat").len();
+        let file_bytes = write_elf(&program, 4096, inflated);
         let sizes = ElfParseBytes::read(&program).expect("an ELF file");
         assert_eq!(sizes.dwarf_inflated, inflated);
         assert!(sizes.dwarf_mapped > 0 && sizes.dwarf_mapped < 1024, "{sizes:?}");
