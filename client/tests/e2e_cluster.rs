@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kiln_client::{ConnectOptions, KilnClient, RoutingClient};
 use kiln_proto::kiln::v1 as api;
 use support::cluster::TestCluster;
-use support::{metric, testdata, tiny_pprof, write_request};
+use support::{metric, testdata, tiny_pprof, wait_until, write_request};
 
 fn now_nanos() -> i64 {
     kiln_model::time::now_unix_nanos()
@@ -190,19 +190,15 @@ fn a_follower_under_its_disk_reserve_holds_back_writes_until_it_is_gone() {
 
     // Through a node with room: every group has a replica on the short node, so every write is
     // refused by its group's leader, wherever that is.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let refusal = loop {
-        let output = cluster.nodes[0].kiln(&["ingest", cpu, "--label", "phase=probe"]);
-        if !output.status.success() {
-            break String::from_utf8_lossy(&output.stderr).to_string();
-        }
-        // Reports arrive with the first heartbeat answers after an election.
-        assert!(
-            Instant::now() < deadline,
-            "no write was refused for node {short_id}'s disk"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    // Reports arrive with the first heartbeat answers after an election.
+    let refusal = wait_until(
+        &format!("a write is refused for node {short_id}'s disk"),
+        Duration::from_secs(60),
+        || {
+            let output = cluster.nodes[0].kiln(&["ingest", cpu, "--label", "phase=probe"]);
+            (!output.status.success()).then(|| String::from_utf8_lossy(&output.stderr).to_string())
+        },
+    );
     assert!(
         refusal.contains(&format!("node {short_id}'s data directory")),
         "{refusal}"
@@ -219,19 +215,17 @@ fn a_follower_under_its_disk_reserve_holds_back_writes_until_it_is_gone() {
     // The short node dies: the other two are a quorum of every group, and the dead node's last
     // report goes stale, so writes are accepted again.
     cluster.nodes[short].kill9();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let output = cluster.nodes[0].kiln(&["ingest", cpu, "--label", "phase=after"]);
-        if output.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "writes stayed refused after node {short_id} died: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_until(
+        &format!("writes are accepted after node {short_id} died"),
+        Duration::from_secs(90),
+        || {
+            let output = cluster.nodes[0].kiln(&["ingest", cpu, "--label", "phase=after"]);
+            if !output.status.success() {
+                eprintln!("still refused: {}", String::from_utf8_lossy(&output.stderr));
+            }
+            output.status.success().then_some(())
+        },
+    );
     let series = cluster.nodes[1].kiln_ok(&["series", "--from", "0"]);
     assert!(series.contains("phase=\"after\""), "{series}");
     assert!(

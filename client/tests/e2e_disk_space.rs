@@ -3,22 +3,15 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{testdata, TestNode};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Runs `attempt` until it returns `Some`, or panics naming `what` at the deadline.
-fn wait_until<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(done) = attempt() {
-            return done;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// [`support::wait_until`] with this file's deadline.
+fn wait_until<T>(what: &str, attempt: impl FnMut() -> Option<T>) -> T {
+    support::wait_until(what, DEADLINE, attempt)
 }
 
 /// Regression: with its disk full, a node's raft log appends failed, and openraft stops a group

@@ -14,6 +14,22 @@ use std::time::{Duration, Instant};
 /// How long a node may take to start listening.
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
+/// Runs `attempt` every 200 ms until it returns `Some`, which it returns, or panics naming `what`
+/// once `deadline` has passed.
+pub fn wait_until<T>(what: &str, deadline: Duration, mut attempt: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(done) = attempt() {
+            return done;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The shared test data directory (`../shared/testdata` beside the repository).
 pub fn testdata() -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata");
