@@ -947,15 +947,15 @@ impl Cluster {
                 state: node.state.to_string(),
                 reachable,
                 last_seen_ms_ago,
-                disk_refusal: health
-                    .get(&node.id)
-                    .and_then(|health| health.report.as_ref())
-                    .and_then(|report| report.disk_refusal.clone())
-                    .or_else(|| match probes.get(&node.id) {
-                        Some(Ok(report)) => report.disk_refusal.clone(),
-                        _ => None,
-                    })
-                    .unwrap_or_default(),
+                // Its answer to this probe; when it did not answer, its last one to the reconciler.
+                disk_refusal: match probes.get(&node.id) {
+                    Some(Ok(report)) => report.disk_refusal.clone(),
+                    _ => health
+                        .get(&node.id)
+                        .and_then(|health| health.report.as_ref())
+                        .and_then(|report| report.disk_refusal.clone()),
+                }
+                .unwrap_or_default(),
             });
         }
         let mut by_group: BTreeMap<GroupId, Vec<(NodeId, GroupReport)>> = BTreeMap::new();
